@@ -1,0 +1,114 @@
+"""Class activation maps: Grad-CAM and Grad-CAM++.
+
+Both weight the feature maps ``A`` of one layer by the gradient of the target score with respect to
+them, keep the positive part and upsample to the input grid. Only the gradient down to that layer is
+computed (``torch.autograd.grad`` on the captured activation), not down to the input.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..progress import Stage
+from ..targets import TargetFn
+from .base import Explainer
+
+__all__ = ["GradCAM", "GradCAMpp"]
+
+
+class _CAMBase(Explainer):
+    needs_layer = True
+
+    def attribute(self, inputs: torch.Tensor, target: TargetFn, stage: Optional[Stage] = None) -> torch.Tensor:
+        spatial = inputs.shape[2:]
+        maps = []
+        for i in range(0, inputs.shape[0], self.internal_batch_size):
+            chunk = inputs[i : i + self.internal_batch_size]
+            activations, gradients, scores = self._activations_and_gradients(chunk, target)
+            cam = self._combine(activations, gradients, scores)
+            maps.append(_upsample(cam, spatial))
+            if stage is not None:
+                stage.report((i + len(chunk)) / inputs.shape[0], self.title)
+        return _scale_to_unit(torch.cat(maps))
+
+    def _activations_and_gradients(
+        self, inputs: torch.Tensor, target: TargetFn
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        handle = self.layer.register_forward_hook(lambda _m, _i, output: captured.append(output))
+        try:
+            with torch.enable_grad():
+                scores = target(self.network(inputs))
+                activations = captured[-1]
+                (gradients,) = torch.autograd.grad(scores.sum(), activations)
+        finally:
+            handle.remove()
+        return activations.detach(), gradients.detach(), scores.detach()
+
+    def _combine(self, activations: torch.Tensor, gradients: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def value_meaning(self) -> str:
+        return "class activation, scaled to 0..1 per case (1 = strongest evidence)"
+
+
+class GradCAM(_CAMBase):
+    """Grad-CAM: channel weights are the spatially averaged gradients.
+
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+    Localization", ICCV 2017.
+    """
+
+    key = "gradcam"
+    title = "Grad-CAM"
+    reference = "Selvaraju et al., ICCV 2017 (arXiv:1610.02391)"
+
+    def _combine(self, activations: torch.Tensor, gradients: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        b, c = gradients.shape[:2]
+        weights = gradients.reshape(b, c, -1).mean(dim=2)
+        weights = weights.reshape(b, c, *([1] * (gradients.dim() - 2)))
+        return F.relu((weights * activations).sum(dim=1, keepdim=True))
+
+
+class GradCAMpp(_CAMBase):
+    """Grad-CAM++: pixel-wise weighting of positive gradients, better for several instances.
+
+    Chattopadhay et al., "Grad-CAM++: Generalized Gradient-based Visual Explanations for Deep
+    Convolutional Networks", WACV 2018. Higher-order derivatives use the exponential-score closed form
+    of the paper (Eq. 19), as in MONAI's ``GradCAMpp``.
+    """
+
+    key = "gradcampp"
+    title = "Grad-CAM++"
+    reference = "Chattopadhay et al., WACV 2018 (arXiv:1710.11063)"
+
+    def _combine(self, activations: torch.Tensor, gradients: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        b, c = gradients.shape[:2]
+        view = (b, c, *([1] * (gradients.dim() - 2)))
+        grad2 = gradients.pow(2)
+        grad3 = gradients.pow(3)
+        sum_activations = activations.reshape(b, c, -1).sum(dim=2).reshape(view)
+        denominator = 2 * grad2 + sum_activations * grad3
+        denominator = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        alpha = grad2 / denominator
+        # d(exp(S))/dA = exp(S) dS/dA; scores are clamped so exp() stays finite for large logits.
+        positive = F.relu(scores.clamp(max=50).exp().reshape(b, *([1] * (gradients.dim() - 1))) * gradients)
+        weights = (alpha * positive).reshape(b, c, -1).sum(dim=2).reshape(view)
+        return F.relu((weights * activations).sum(dim=1, keepdim=True))
+
+
+def _upsample(cam: torch.Tensor, spatial: torch.Size) -> torch.Tensor:
+    if cam.shape[2:] == spatial:
+        return cam
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    return F.interpolate(cam, size=tuple(spatial), mode=mode, align_corners=False)
+
+
+def _scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map to 0..1 (a map that is zero everywhere stays zero)."""
+    b = maps.shape[0]
+    peak = maps.reshape(b, -1).amax(dim=1).reshape(b, *([1] * (maps.dim() - 1)))
+    return torch.where(peak > 0, maps / peak.clamp(min=1e-12), torch.zeros_like(maps))

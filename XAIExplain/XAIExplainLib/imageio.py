@@ -1,0 +1,185 @@
+"""Reading, validating and writing 3-D medical images (NIfTI, NRRD, MetaImage, DICOM series).
+
+Everything the engine computes is on the grid of the image read here, so this module is where a bad
+file is caught: every refusal is an :class:`~XAIExplainLib.errors.XAIInputError` with one sentence
+saying what is wrong, before anything is computed or written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import XAIInputError
+
+__all__ = [
+    "MAX_VOXELS",
+    "MIN_EXTENT",
+    "read_image",
+    "validate_image",
+    "write_image",
+    "staged_output_dir",
+    "describe_geometry",
+]
+
+#: Above this many voxels (e.g. 1024 x 1024 x 572) a volume is refused rather than exhausting memory.
+MAX_VOXELS = 600_000_000
+#: A volume needs at least this many voxels along every axis to be explained in 3-D.
+MIN_EXTENT = 4
+
+_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3-D scalar volume as float32, refusing anything that cannot be explained.
+
+    ``path`` is a NIfTI, NRRD or MetaImage file, a single DICOM file, or a folder holding one DICOM
+    series (the series with the most files is taken when there are several).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise XAIInputError(f"Input not found: {path}")
+    if path.is_dir():
+        image = _read_dicom_series(path)
+    else:
+        if path.stat().st_size == 0:
+            raise XAIInputError(f"Input file is empty (0 bytes): {path}")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise XAIInputError(
+                f"Could not read {path.name} as an image ({_first_line(error)}); "
+                f"expected NIfTI, NRRD, MetaImage or DICOM."
+            ) from None
+    image = _squeeze_trailing_singletons(image)
+    validate_image(image, name=path.name)
+    return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def validate_image(image: sitk.Image, name: str = "image") -> None:
+    """Raise :class:`XAIInputError` unless ``image`` is a finite, non-constant 3-D scalar volume."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise XAIInputError(
+            f"{name} has {image.GetNumberOfComponentsPerPixel()} values per voxel (vector or colour "
+            f"image); a scalar grey-level volume is needed."
+        )
+    dimension = image.GetDimension()
+    size = image.GetSize()
+    if dimension == 4:
+        raise XAIInputError(
+            f"{name} is 4-D (size {_format_size(size)}); pick one 3-D volume of the series first."
+        )
+    if dimension != 3:
+        raise XAIInputError(f"{name} is {dimension}-D (size {_format_size(size)}); a 3-D volume is needed.")
+    if 0 in size:
+        raise XAIInputError(f"{name} is empty (size {_format_size(size)}).")
+    if min(size) < MIN_EXTENT:
+        raise XAIInputError(
+            f"{name} has only {min(size)} voxel(s) along one axis (size {_format_size(size)}); "
+            f"a 3-D volume with at least {MIN_EXTENT} voxels along every axis is needed."
+        )
+    voxels = int(np.prod(size, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise XAIInputError(
+            f"{name} is too large ({_format_size(size)} = {voxels / 1e6:.0f} M voxels; the limit is "
+            f"{MAX_VOXELS / 1e6:.0f} M); crop or downsample it first."
+        )
+    spacing = np.asarray(image.GetSpacing())
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise XAIInputError(f"{name} has an invalid voxel spacing {tuple(spacing)}.")
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
+        raise XAIInputError(f"{name} has an invalid (degenerate) orientation matrix.")
+    array = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise XAIInputError(
+            f"{name} contains {bad} NaN or infinite voxel value(s); fix or mask them before explaining."
+        )
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise XAIInputError(f"{name} has the same value ({low:g}) in every voxel; there is nothing to explain.")
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Write ``image`` compressed (NIfTI ``.nii.gz``, NRRD ``.nrrd`` or MetaImage ``.mha``)."""
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+@contextmanager
+def staged_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a private folder to write results into; move them into ``out_dir`` only on success.
+
+    On any error, or a cancelled run, the staging folder is removed and ``out_dir`` is left as it was,
+    so a failed run never leaves half-written results behind.
+    """
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    for item in staging.iterdir():
+        os.replace(item, out_dir / item.name)
+    staging.rmdir()
+
+
+def describe_geometry(image: sitk.Image) -> dict:
+    """The grid of ``image`` as plain JSON values (LPS, as ITK and DICOM store it)."""
+    return {
+        "size": list(image.GetSize()),
+        "spacing_mm": list(image.GetSpacing()),
+        "origin_lps_mm": list(image.GetOrigin()),
+        "direction_lps": list(image.GetDirection()),
+    }
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        series_ids = ()
+    if not series_ids:
+        raise XAIInputError(f"{folder} is a folder without a DICOM series; give a DICOM folder or an image file.")
+    files = max(
+        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
+    )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise XAIInputError(f"Could not read the DICOM series in {folder} ({_first_line(error)}).") from None
+
+
+def _squeeze_trailing_singletons(image: sitk.Image) -> sitk.Image:
+    """A 4-D file with a single time point (common in NIfTI) is the 3-D volume it holds."""
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        size = list(image.GetSize())
+        size[3] = 0  # ExtractImage drops axes of size 0
+        return sitk.Extract(image, size, [0, 0, 0, 0])
+    return image
+
+
+def _format_size(size: tuple[int, ...]) -> str:
+    return " x ".join(str(s) for s in size)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # ITK messages start with a file:line location; the last line says what went wrong.
+    message = lines[-1] if lines else type(error).__name__
+    return message[:160]

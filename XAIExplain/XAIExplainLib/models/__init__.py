@@ -1,0 +1,26 @@
+"""Models: bundle and TorchScript loading, the model card, safe network construction."""
+
+from .loading import (
+    LoadedModel,
+    bundled_models_dir,
+    file_sha256,
+    list_bundled_models,
+    load_model,
+    read_model_spec,
+    resolve_model_path,
+    resources_dir,
+)
+from .spec import TASKS, ModelSpec
+
+__all__ = [
+    "LoadedModel",
+    "ModelSpec",
+    "TASKS",
+    "bundled_models_dir",
+    "file_sha256",
+    "list_bundled_models",
+    "load_model",
+    "read_model_spec",
+    "resolve_model_path",
+    "resources_dir",
+]

@@ -1,0 +1,272 @@
+"""Finding and loading models: MONAI bundle folders and TorchScript files, safely.
+
+Safe by default: weights are read with ``torch.load(..., weights_only=True)`` (no unpickling of
+arbitrary objects), network definitions go through :mod:`.safe_config`, and the weights' SHA-256 is
+checked against the one recorded in the metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..errors import XAIModelError
+from .safe_config import build_network
+from .spec import ModelSpec
+
+__all__ = [
+    "LoadedModel",
+    "resources_dir",
+    "bundled_models_dir",
+    "list_bundled_models",
+    "resolve_model_path",
+    "read_model_spec",
+    "load_model",
+    "file_sha256",
+]
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference (eval mode, CPU) with its model card."""
+
+    network: torch.nn.Module
+    spec: ModelSpec
+    path: Path
+    sha256: str
+    source: str  # "bundle" or "torchscript"
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.path.name}@{self.spec.version}"
+
+    @property
+    def is_torchscript(self) -> bool:
+        return self.source == "torchscript"
+
+    def describe(self) -> dict:
+        return {
+            "id": self.model_id,
+            "name": self.spec.name,
+            "version": self.spec.version,
+            "task": self.spec.task,
+            "class_names": list(self.spec.class_names),
+            "sha256": self.sha256,
+            "path": str(self.path),
+            "source": self.source,
+        }
+
+
+def resources_dir() -> Path:
+    """The extension's ``Resources/`` folder (``SLICER_XAI_RESOURCES`` overrides it)."""
+    override = os.environ.get("SLICER_XAI_RESOURCES")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[3] / "Resources"
+
+
+def bundled_models_dir() -> Path:
+    return resources_dir() / "Models"
+
+
+def list_bundled_models() -> list[dict]:
+    """Name, path and card summary of each bundle under ``Resources/Models`` (unreadable ones flagged)."""
+    models = []
+    root = bundled_models_dir()
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        entry: dict[str, Any] = {"name": folder.name, "path": str(folder)}
+        try:
+            spec = read_model_spec(folder)
+            entry.update(
+                task=spec.task,
+                modality=spec.modality,
+                clinical_tasks=list(spec.clinical_tasks),
+                class_names=list(spec.class_names),
+                version=spec.version,
+                title=spec.name,
+            )
+        except XAIModelError as error:
+            entry["error"] = str(error)
+        models.append(entry)
+    return models
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A path as given if it exists, else the bundled model of that name."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    bundled = bundled_models_dir() / str(name_or_path)
+    if str(name_or_path) and "/" not in str(name_or_path) and bundled.is_dir():
+        return bundled
+    names = [m["name"] for m in list_bundled_models()]
+    known = f" (bundled models: {', '.join(names)})" if names else ""
+    raise XAIModelError(f"Model not found: '{name_or_path}' is neither a path nor a bundled model{known}.")
+
+
+def read_model_spec(path: Path) -> ModelSpec:
+    """Parse the model card of a bundle folder or TorchScript file without loading any weights."""
+    return ModelSpec.from_metadata(_read_metadata(path), default_name=path.name)
+
+
+def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> LoadedModel:
+    """Load a bundled model by name, a MONAI bundle folder, or a TorchScript file.
+
+    Raises :class:`XAIModelError` with one sentence for a missing path, a folder that is not a bundle,
+    an untrusted code expression, a weights file whose hash or tensors do not match, or a network whose
+    input channels disagree with its metadata.
+    """
+    path = resolve_model_path(name_or_path)
+    spec = read_model_spec(path)
+    weights = _weights_file(path)
+    sha256 = file_sha256(weights)
+    if spec.weights_sha256 and spec.weights_sha256.lower() != sha256:
+        raise XAIModelError(
+            f"{weights.name} does not match the SHA-256 recorded in the model's metadata "
+            f"(recorded {spec.weights_sha256[:12]}…, found {sha256[:12]}…): the file is corrupt or was replaced."
+        )
+    has_network_config = path.is_dir() and (path / "configs" / "inference.json").is_file()
+    if _is_torchscript(weights) and not has_network_config:
+        network, source = _load_torchscript(weights), "torchscript"
+    else:
+        network, source = _load_bundle_network(path, weights, trust_bundle), "bundle"
+    network.eval()
+    _check_input_channels(network, spec, path.name)
+    return LoadedModel(network=network, spec=spec, path=path.absolute(), sha256=sha256, source=source)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_metadata(path: Path) -> dict:
+    if path.is_dir():
+        metadata_file = path / "configs" / "metadata.json"
+        if not metadata_file.is_file():
+            raise XAIModelError(
+                f"{path} is a folder but not a MONAI bundle: configs/metadata.json is missing."
+            )
+        return _read_json(metadata_file)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return _read_json(sidecar)
+    if _is_torchscript(path):
+        extra = {"metadata.json": ""}
+        try:
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as error:
+            raise XAIModelError(f"Could not read {path.name} as a TorchScript model ({error}).") from None
+        if extra["metadata.json"]:
+            return json.loads(extra["metadata.json"])
+        raise XAIModelError(
+            f"TorchScript model {path.name} has no metadata: put the bundle metadata in {sidecar.name} "
+            f"beside it or in the archive's extra file metadata.json."
+        )
+    raise XAIModelError(f"{path.name} is neither a MONAI bundle folder nor a TorchScript model file.")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise XAIModelError(f"Could not read {path.parent.name}/{path.name} as JSON ({error}).") from None
+    if not isinstance(data, dict):
+        raise XAIModelError(f"{path.parent.name}/{path.name} is not a JSON object.")
+    return data
+
+
+def _weights_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for candidate in ("models/model.pt", "models/model.ts"):
+        if (path / candidate).is_file():
+            return path / candidate
+    raise XAIModelError(f"Bundle {path.name} has no weights: models/model.pt (or models/model.ts) is missing.")
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        # TorchScript archives carry their code; torch.save'd state dicts carry only data.pkl and tensors.
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _load_torchscript(weights: Path) -> torch.nn.Module:
+    try:
+        return torch.jit.load(str(weights), map_location="cpu")
+    except Exception as error:
+        raise XAIModelError(f"Could not load TorchScript model {weights.name} ({error}).") from None
+
+
+def _load_bundle_network(path: Path, weights: Path, trust_bundle: bool) -> torch.nn.Module:
+    inference = path / "configs" / "inference.json"
+    if not inference.is_file():
+        raise XAIModelError(f"Bundle {path.name} has no configs/inference.json describing its network.")
+    network = build_network(_read_json(inference), trust_bundle=trust_bundle)
+    state = _read_state_dict(weights)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise XAIModelError(
+            f"The weights in {weights.name} do not match the network in inference.json: {_summarise_mismatch(error)}"
+        ) from None
+    return network
+
+
+def _read_state_dict(weights: Path) -> dict:
+    try:
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise XAIModelError(
+            f"{weights.name} holds Python objects, not only tensors; refusing to unpickle it "
+            f"(only plain state dicts are loaded, with weights_only=True)."
+        ) from None
+    except Exception as error:
+        raise XAIModelError(f"Could not read the weights file {weights.name} ({_one_line(error)}).") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise XAIModelError(f"{weights.name} is not a state dict of tensors.")
+    return state
+
+
+def _summarise_mismatch(error: RuntimeError) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    details = [line for line in lines[1:] if line][:3]
+    return "; ".join(details)[:300] or lines[0][:300]
+
+
+def _check_input_channels(network: torch.nn.Module, spec: ModelSpec, name: str) -> None:
+    first_conv = _first_convolution(network)
+    if first_conv is not None and first_conv.in_channels != spec.num_channels:
+        raise XAIModelError(
+            f"Model {name}: its metadata says {spec.num_channels} input channel(s) but the network's first "
+            f"layer takes {first_conv.in_channels}."
+        )
+
+
+def _first_convolution(network: torch.nn.Module) -> Optional[torch.nn.modules.conv._ConvNd]:
+    if isinstance(network, torch.jit.ScriptModule):
+        return None
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            return module
+    return None
+
+
+def _one_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__

@@ -1,0 +1,115 @@
+"""Building a network from a bundle's ``network_def`` without running code the user did not trust.
+
+MONAI bundle configs can hold Python expressions (``$...``), file macros (``%...``) and any importable
+``_target_``: loading an untrusted bundle with MONAI's ``ConfigParser`` runs whatever it says. Here an
+untrusted config may only name network classes from an allow-list with literal arguments and ``@``
+references to other literal entries; anything else is refused with the offending key named. With
+``trust_bundle=True`` MONAI's own parser is used and everything is allowed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import XAIModelError
+
+__all__ = ["ALLOWED_TARGET_PREFIXES", "build_network"]
+
+#: ``_target_`` values an untrusted bundle may instantiate.
+ALLOWED_TARGET_PREFIXES = ("monai.networks.nets.", "torch.nn.")
+_HARMLESS_KEYS = {"_desc_", "_disabled_"}
+
+
+def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bundle: bool = False) -> torch.nn.Module:
+    """Instantiate ``config[key]``; refuse code expressions unless ``trust_bundle``."""
+    if key not in config:
+        raise XAIModelError(f"The bundle's inference.json has no '{key}' entry describing the network.")
+    if trust_bundle:
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser(dict(config))
+        try:
+            network = parser.get_parsed_content(key)
+        except Exception as error:  # any failure of the trusted config is the bundle's
+            raise XAIModelError(f"Could not build the network from the trusted bundle ({error}).") from None
+    else:
+        network = _instantiate(config[key], config, path=key)
+    if not isinstance(network, torch.nn.Module):
+        raise XAIModelError(f"'{key}' in inference.json does not describe a torch network.")
+    return network
+
+
+def _instantiate(node: Any, root: Mapping[str, Any], path: str, depth: int = 0) -> Any:
+    if depth > 32:
+        raise XAIModelError(f"inference.json: references nest too deeply at '{path}'.")
+    if isinstance(node, str):
+        if node.startswith("$"):
+            raise XAIModelError(
+                f"inference.json: '{path}' is a Python expression ({node[:40]}); refused because it would "
+                f"run code — pass --trust-bundle only if you trust where this bundle comes from."
+            )
+        if node.startswith("%"):
+            raise XAIModelError(
+                f"inference.json: '{path}' imports another file ({node[:40]}); refused for an untrusted "
+                f"bundle — pass --trust-bundle if you trust it."
+            )
+        if node.startswith("@"):
+            return _instantiate(_resolve_reference(node[1:], root, path), root, node[1:], depth + 1)
+        return node
+    if isinstance(node, list):
+        return [_instantiate(item, root, f"{path}#{i}", depth) for i, item in enumerate(node)]
+    if isinstance(node, Mapping):
+        if "_target_" not in node:
+            return {k: _instantiate(v, root, f"{path}#{k}", depth) for k, v in node.items()}
+        special = {k for k in node if k.startswith("_") and k.endswith("_")} - {"_target_"} - _HARMLESS_KEYS
+        if special:
+            raise XAIModelError(
+                f"inference.json: '{path}' uses {', '.join(sorted(special))}, which can run code; "
+                f"refused for an untrusted bundle — pass --trust-bundle if you trust it."
+            )
+        if node.get("_disabled_") is True:
+            return None
+        target = node["_target_"]
+        cls = _allowed_class(target, path)
+        kwargs = {
+            k: _instantiate(v, root, f"{path}#{k}", depth)
+            for k, v in node.items()
+            if k not in ("_target_",) and k not in _HARMLESS_KEYS
+        }
+        try:
+            return cls(**kwargs)
+        except Exception as error:
+            raise XAIModelError(f"inference.json: could not build {target} at '{path}' ({error}).") from None
+    return node
+
+
+def _allowed_class(target: Any, path: str) -> type:
+    if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES) or "$" in target:
+        raise XAIModelError(
+            f"inference.json: '{path}' asks for {target!r}, which is not a network class from "
+            f"{' or '.join(p + '*' for p in ALLOWED_TARGET_PREFIXES)}; refused for an untrusted bundle — "
+            f"pass --trust-bundle if you trust it."
+        )
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise XAIModelError(f"inference.json: '{path}' names {target}, which does not exist.") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise XAIModelError(f"inference.json: '{path}' names {target}, which is not a torch network class.")
+    return cls
+
+
+def _resolve_reference(reference: str, root: Mapping[str, Any], path: str) -> Any:
+    node: Any = root
+    for part in reference.split("#"):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise XAIModelError(f"inference.json: '{path}' refers to @{reference}, which does not exist.")
+    return node

@@ -1,0 +1,395 @@
+"""One case through one model: prediction, explanation and uncertainty, all on the input's grid.
+
+This is the function every front door calls (command line, Slicer modules, web viewer)::
+
+    result = explain_image(image, load_model("brain-lesion-classifier"), method="gradcam")
+    result.saliency      # SimpleITK image, float32, exactly the input's geometry
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .errors import XAIInputError, XAIModelError
+from .explainers import EXPLAINERS, make_explainer
+from .imageio import describe_geometry, validate_image
+from .models import LoadedModel
+from .preprocessing import model_grid, normalise_intensity, to_input_grid, to_model_grid
+from .progress import CancelToken, ProgressCallback, Stage
+from .targets import Target, class_logit, region_logit_sum
+from .uncertainty import (
+    UNCERTAINTY_METHODS,
+    classification_summary,
+    entropy,
+    mc_dropout,
+    mutual_information,
+    sample_probabilities,
+    tta_augmentations,
+)
+
+__all__ = ["PreparedCase", "ExplanationResult", "prepare_case", "predict_probabilities", "explain_image"]
+
+#: Methods that need a single forward and backward pass: cheap enough to repeat per uncertainty sample.
+_SINGLE_PASS_METHODS = ("gradcam", "gradcampp", "gradient")
+
+
+@dataclass
+class PreparedCase:
+    """The input image, the model grid it was resampled to, and the normalised network input."""
+
+    image: sitk.Image
+    grid: sitk.Image
+    inputs: torch.Tensor  # [1, 1, X, Y, Z]
+
+    def to_input_grid(self, array: np.ndarray | torch.Tensor, outside: float = 0.0) -> sitk.Image:
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        return to_input_grid(np.asarray(array, dtype=np.float32), self.grid, self.image, outside)
+
+
+@dataclass
+class ExplanationResult:
+    """Everything one run produced; maps are SimpleITK images on the input's grid."""
+
+    saliency: sitk.Image
+    prediction: dict
+    explanation: dict
+    provenance: dict
+    uncertainty: Optional[sitk.Image] = None
+    uncertainty_info: dict = field(default_factory=dict)
+    segmentation: Optional[sitk.Image] = None
+    timings_s: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "prediction": self.prediction,
+            "explanation": self.explanation,
+            "uncertainty": self.uncertainty_info or {"method": "none"},
+            "provenance": self.provenance,
+            "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+        }
+
+
+def prepare_case(image: sitk.Image, model: LoadedModel) -> PreparedCase:
+    """Resample ``image`` onto the model's grid and normalise it as the model card says."""
+    validate_image(image)
+    if model.spec.num_channels != 1:
+        channels = f" ({', '.join(model.spec.channel_names)})" if model.spec.channel_names else ""
+        raise XAIModelError(
+            f"Model {model.model_id} takes {model.spec.num_channels} input channels{channels}, but the image "
+            f"is a single volume: pick a model made for one input volume."
+        )
+    grid = model_grid(image, model.spec.input)
+    array = normalise_intensity(to_model_grid(sitk.Cast(image, sitk.sitkFloat32), grid), model.spec.intensity)
+    return PreparedCase(image=image, grid=grid, inputs=torch.from_numpy(array)[None, None])
+
+
+def predict_logits(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
+    """Network output for a batch on the model grid; sliding windows when it exceeds the patch size."""
+    patch = model.spec.input.patch_size
+    if model.spec.task == "segmentation" and patch and any(s > p for s, p in zip(inputs.shape[2:], patch)):
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(inputs, roi_size=patch, sw_batch_size=2, predictor=model.network,
+                                        overlap=0.25, mode="gaussian")
+    return model.network(inputs)
+
+
+def predict_probabilities(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``[B, K(, *spatial)]`` (softmax, or sigmoid turned into two classes)."""
+    logits = predict_logits(model, inputs)
+    if model.spec.output_activation == "sigmoid" and logits.shape[1] == 1:
+        positive = torch.sigmoid(logits)
+        return torch.cat([1 - positive, positive], dim=1)
+    if model.spec.output_activation == "sigmoid":
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)
+
+
+def explain_image(
+    image: sitk.Image,
+    model: LoadedModel,
+    method: str = "gradcam",
+    target: Optional[int | str] = None,
+    target_mask: Optional[sitk.Image] = None,
+    uncertainty: str = "none",
+    samples: int = 8,
+    ensemble: Sequence[LoadedModel] = (),
+    method_params: Optional[dict[str, Any]] = None,
+    seed: int = 0,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> ExplanationResult:
+    """Predict, explain and (optionally) estimate uncertainty for one case.
+
+    ``target``: a class index or name (default: the predicted class for classifiers, the positive
+    class for segmentation). ``target_mask``: for segmentation, the region whose logits are explained
+    (default: the predicted region). ``uncertainty``: ``none``, ``mc-dropout``, ``tta`` or
+    ``ensemble`` (with ``ensemble`` the other models). Same ``seed``, same result.
+    """
+    if method not in EXPLAINERS:
+        raise XAIInputError(f"Unknown explanation method '{method}'; choose one of {', '.join(EXPLAINERS)}.")
+    if uncertainty not in UNCERTAINTY_METHODS:
+        raise XAIInputError(f"Unknown uncertainty method '{uncertainty}'; choose one of {', '.join(UNCERTAINTY_METHODS)}.")
+    if uncertainty == "ensemble" and not ensemble:
+        raise XAIInputError("Ensemble uncertainty needs at least one more model (--ensemble-model).")
+    if samples < 2 and uncertainty in ("mc-dropout", "tta"):
+        raise XAIInputError("Uncertainty needs at least 2 samples.")
+    for other in ensemble:
+        if other.spec.task != model.spec.task or other.spec.class_names != model.spec.class_names:
+            raise XAIModelError(f"Ensemble member {other.model_id} does not have the same task and classes as {model.model_id}.")
+
+    stage = Stage(progress, cancel)
+    timings: dict[str, float] = {}
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        clock = time.perf_counter()
+        stage.report(0.0, "preparing the image")
+        case = prepare_case(image, model)
+        timings["preprocess"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        stage.report(0.02, "running the model")
+        probabilities = predict_probabilities(model, case.inputs)
+        prediction, segmentation = _describe_prediction(model, case, probabilities)
+        timings["predict"] = time.perf_counter() - clock
+
+    resolved = _resolve_target(model, case, probabilities, target, target_mask)
+    explain_share = 0.85 if uncertainty == "none" else 0.5
+    clock = time.perf_counter()
+    explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **_method_params(method, seed, method_params))
+    attribution = explainer.attribute(case.inputs, resolved.fn, stage.sub(0.05, explain_share))[0, 0]
+    saliency = case.to_input_grid(attribution)
+    timings["explain"] = time.perf_counter() - clock
+    explanation = {
+        "method": method,
+        "method_name": explainer.title,
+        "reference": explainer.reference,
+        "parameters": explainer.parameters(),
+        "value_meaning": explainer.value_meaning(),
+        "target": {"class_index": resolved.class_index, "class_name": resolved.class_name,
+                   "description": resolved.description, "region_voxels": resolved.region_voxels},
+        "statistics": map_statistics(saliency),
+    }
+
+    uncertainty_map, uncertainty_info = None, {"method": "none"}
+    if uncertainty != "none":
+        clock = time.perf_counter()
+        uncertainty_map, uncertainty_info = _estimate_uncertainty(
+            model, case, method, resolved, uncertainty, samples, ensemble, image, seed, stage.sub(explain_share, 0.98)
+        )
+        timings["uncertainty"] = time.perf_counter() - clock
+    stage.report(1.0, "done")
+    return ExplanationResult(
+        saliency=saliency,
+        prediction=prediction,
+        explanation=explanation,
+        provenance=_provenance(model, method, explainer.parameters(), resolved, uncertainty, samples, ensemble, seed, image),
+        uncertainty=uncertainty_map,
+        uncertainty_info=uncertainty_info,
+        segmentation=segmentation,
+        timings_s=timings,
+    )
+
+
+def map_statistics(image: sitk.Image) -> dict:
+    """Range and peak of a map: where the strongest evidence is (RAS mm and voxel index)."""
+    array = sitk.GetArrayViewFromImage(image)  # (k, j, i)
+    k, j, i = np.unravel_index(int(np.argmax(array)), array.shape)
+    lps = image.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))
+    return {
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "mean": float(array.mean()),
+        "peak_ijk": [int(i), int(j), int(k)],
+        "peak_ras_mm": [-lps[0], -lps[1], lps[2]],
+    }
+
+
+def _describe_prediction(model: LoadedModel, case: PreparedCase, probabilities: torch.Tensor) -> tuple[dict, Optional[sitk.Image]]:
+    names = model.spec.class_names
+    if model.spec.task == "classification":
+        p = probabilities[0]
+        predicted = int(p.argmax())
+        return {
+            "task": "classification",
+            "class_names": list(names),
+            "probabilities": {name: float(v) for name, v in zip(names, p)},
+            "predicted_class": predicted,
+            "predicted_label": names[predicted],
+            "confidence": float(p[predicted]),
+        }, None
+    # Segmentation: probabilities back on the input grid, then the label map there (argmax), so the
+    # label map is as sharp as the input allows, not blocky at the model's spacing.
+    on_input = np.stack([
+        sitk.GetArrayFromImage(case.to_input_grid(probabilities[0, c], outside=1.0 if c == 0 else 0.0))
+        for c in range(probabilities.shape[1])
+    ])
+    labels = on_input.argmax(axis=0).astype(np.uint8)
+    segmentation = sitk.GetImageFromArray(labels)
+    segmentation.CopyInformation(case.image)
+    voxel_ml = float(np.prod(case.image.GetSpacing())) / 1000.0
+    volumes = {name: float((labels == c).sum() * voxel_ml) for c, name in enumerate(names)}
+    foreground = labels > 0
+    mean_probabilities = probabilities[0].reshape(probabilities.shape[1], -1).mean(dim=1)
+    largest = max(range(1, len(names)), key=lambda c: volumes[names[c]]) if len(names) > 1 else 0
+    predicted = largest if foreground.any() else 0
+    confidence = float(on_input.max(axis=0)[foreground].mean()) if foreground.any() else float(on_input[0].mean())
+    return {
+        "task": "segmentation",
+        "class_names": list(names),
+        "probabilities": {name: float(v) for name, v in zip(names, mean_probabilities)},
+        "predicted_class": predicted,
+        "predicted_label": names[predicted],
+        "confidence": confidence,
+        "volumes_ml": volumes,
+        "found": bool(foreground.any()),
+    }, segmentation
+
+
+def _resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.Tensor,
+                    target: Optional[int | str], target_mask: Optional[sitk.Image]) -> Target:
+    spec = model.spec
+    if spec.task == "classification":
+        if target_mask is not None:
+            raise XAIInputError("A target mask only applies to segmentation models; this model is a classifier.")
+        index = spec.class_index(target) if target is not None else int(probabilities[0].argmax())
+        description = f"logit of class '{spec.class_names[index]}'" + (" (predicted)" if target is None else "")
+        return Target(class_logit(index), index, spec.class_names[index], description)
+    default = spec.positive_class if spec.positive_class is not None else min(1, len(spec.class_names) - 1)
+    index = spec.class_index(target) if target is not None else default
+    if target_mask is not None:
+        validate_mask = sitk.Resample(sitk.Cast(target_mask, sitk.sitkFloat32), case.grid, sitk.Transform(),
+                                      sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+        region = torch.from_numpy(sitk.GetArrayFromImage(validate_mask).transpose(2, 1, 0) > 0.5)
+        if not region.any():
+            raise XAIInputError("The target mask has no voxels inside the model's field of view.")
+        description = f"'{spec.class_names[index]}' logits summed over the given mask"
+    else:
+        region = probabilities[0].argmax(dim=0) == index
+        description = f"'{spec.class_names[index]}' logits summed over the predicted region"
+        if not region.any():
+            # Nothing predicted: explain what pushes the whole volume towards the class instead.
+            region = torch.ones_like(region)
+            description = f"'{spec.class_names[index]}' logits summed over the whole volume (none predicted)"
+    return Target(region_logit_sum(index, region), index, spec.class_names[index], description, int(region.sum()))
+
+
+def _method_params(method: str, seed: int, overrides: Optional[dict[str, Any]]) -> dict[str, Any]:
+    params: dict[str, Any] = {"seed": seed} if method == "smoothgrad" else {}
+    params.update(overrides or {})
+    return params
+
+
+def _estimate_uncertainty(model: LoadedModel, case: PreparedCase, method: str, target: Target, kind: str,
+                          n_samples: int, ensemble: Sequence[LoadedModel], image: sitk.Image, seed: int,
+                          stage: Stage) -> tuple[sitk.Image, dict]:
+    if kind == "ensemble":
+        return _ensemble_uncertainty(model, ensemble, image, method, target, seed, stage)
+    samples = sample_probabilities(lambda x: predict_probabilities(model, x), case.inputs, kind, model.network,
+                                   n_samples, seed, stage=stage.sub(0.0, 0.5))
+    info: dict[str, Any] = {"method": kind, "samples": n_samples}
+    if model.spec.task == "segmentation":
+        entropy_map = entropy(samples.mean(dim=0, keepdim=True))[0]
+        information = mutual_information(samples)
+        uncertainty_map = case.to_input_grid(entropy_map)
+        info.update(
+            map="predictive entropy (nats) of the mean of the samples, per voxel",
+            max_entropy=float(np.log(samples.shape[1])),
+            mean_mutual_information=float(information.mean()),
+            statistics=map_statistics(uncertainty_map),
+        )
+        stage.report(1.0, "uncertainty done")
+        return uncertainty_map, info
+    info.update(classification_summary(samples, model.spec.class_names))
+    spread, spread_method = _explanation_spread(model, case, method, target, kind, n_samples, seed, stage.sub(0.5, 1.0))
+    uncertainty_map = case.to_input_grid(spread)
+    info.update(map=f"standard deviation of the {spread_method} map across the {n_samples} samples, per voxel",
+                statistics=map_statistics(uncertainty_map))
+    return uncertainty_map, info
+
+
+def _explanation_spread(model: LoadedModel, case: PreparedCase, method: str, target: Target, kind: str,
+                        n_samples: int, seed: int, stage: Stage) -> tuple[torch.Tensor, str]:
+    """Per-voxel standard deviation of a single-pass explanation over stochastic samples."""
+    if method not in _SINGLE_PASS_METHODS:
+        method = "gradcam" if model.spec.cam_target_layer and not model.is_torchscript else "gradient"
+    explainer = make_explainer(method, model.network, model.spec.cam_target_layer)
+    if kind == "mc-dropout":
+        torch.manual_seed(seed)
+        with mc_dropout(model.network):
+            maps = explainer.attribute(case.inputs.expand(n_samples, *case.inputs.shape[1:]), target.fn, stage)
+    else:
+        maps = []
+        for i, augmentation in enumerate(tta_augmentations(n_samples, case.inputs.dim() - 2, seed)):
+            maps.append(augmentation.invert_spatial(explainer.attribute(augmentation.apply(case.inputs), target.fn)))
+            stage.report((i + 1) / n_samples, f"explanation under augmentation {i + 1}/{n_samples}")
+        maps = torch.cat(maps)
+    return maps[:, 0].std(dim=0), explainer.title
+
+
+def _ensemble_uncertainty(model: LoadedModel, ensemble: Sequence[LoadedModel], image: sitk.Image, method: str,
+                          target: Target, seed: int, stage: Stage) -> tuple[sitk.Image, dict]:
+    """Disagreement between models, computed on the input grid (each model has its own grid)."""
+    members = [model, *ensemble]
+    info: dict[str, Any] = {"method": "ensemble", "members": [m.model_id for m in members]}
+    probability_maps, class_probabilities, saliencies = [], [], []
+    for i, member in enumerate(members):
+        case = prepare_case(image, member)
+        with torch.no_grad():
+            probabilities = predict_probabilities(member, case.inputs)
+        if member.spec.task == "segmentation":
+            probability_maps.append(np.stack([
+                sitk.GetArrayFromImage(case.to_input_grid(probabilities[0, c], outside=1.0 if c == 0 else 0.0))
+                for c in range(probabilities.shape[1])
+            ]))
+        else:
+            class_probabilities.append(probabilities[0])
+            spread_method = method if method in _SINGLE_PASS_METHODS else "gradcam"
+            explainer = make_explainer(spread_method, member.network, member.spec.cam_target_layer)
+            saliency = explainer.attribute(case.inputs, class_logit(target.class_index))[0, 0]
+            saliencies.append(sitk.GetArrayFromImage(case.to_input_grid(saliency)))
+        stage.report((i + 1) / len(members), f"ensemble member {i + 1}/{len(members)}")
+    if probability_maps:
+        stacked = torch.from_numpy(np.stack(probability_maps))
+        array = entropy(stacked.mean(dim=0, keepdim=True))[0].numpy()
+        info.update(map="predictive entropy (nats) of the ensemble mean, per voxel",
+                    mean_mutual_information=float(mutual_information(stacked).mean()))
+    else:
+        info.update(classification_summary(torch.stack(class_probabilities), model.spec.class_names))
+        array = np.std(np.stack(saliencies), axis=0)
+        info.update(map="standard deviation of the members' explanation maps, per voxel")
+    uncertainty_map = sitk.GetImageFromArray(array.astype(np.float32))
+    uncertainty_map.CopyInformation(image)
+    info["statistics"] = map_statistics(uncertainty_map)
+    return uncertainty_map, info
+
+
+def _provenance(model: LoadedModel, method: str, parameters: dict, target: Target, uncertainty: str,
+                samples: int, ensemble: Sequence[LoadedModel], seed: int, image: sitk.Image) -> dict:
+    import captum
+    import monai
+
+    return {
+        "software": f"slicer-xai {__version__}",
+        "libraries": {"torch": torch.__version__, "monai": monai.__version__, "captum": captum.__version__,
+                      "SimpleITK": sitk.Version_VersionString(), "python": platform.python_version()},
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model.describe(),
+        "ensemble": [m.describe() for m in ensemble],
+        "method": method,
+        "parameters": parameters,
+        "target": {"class_index": target.class_index, "class_name": target.class_name, "description": target.description},
+        "uncertainty": {"method": uncertainty, "samples": samples if uncertainty in ("mc-dropout", "tta") else None},
+        "seed": seed,
+        "input_geometry": describe_geometry(image),
+    }
