@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,15 +52,25 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     else:
         if path.stat().st_size == 0:
             raise XAIInputError(f"Input file is empty (0 bytes): {path}")
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as error:
+        image, reason = None, ""
+        with _native_stderr_captured() as native_messages:
+            try:
+                image = sitk.ReadImage(str(path))
+            except RuntimeError as error:
+                reason = _first_line(error)
+        # MetaIO says "data not read completely" only on stderr and returns a half-filled image;
+        # other readers' stderr lines are warnings about readable files.
+        truncated_meta = path.suffix.lower() in (".mha", ".mhd") and native_messages
+        if image is None or truncated_meta:
+            reason = native_messages[-1] if truncated_meta else reason
             raise XAIInputError(
-                f"Could not read {path.name} as an image ({_first_line(error)}); "
+                f"Could not read {path.name} as an image ({reason[:160]}); "
                 f"expected NIfTI, NRRD, MetaImage or DICOM."
-            ) from None
+            )
     image = _squeeze_trailing_singletons(image)
     validate_image(image, name=path.name)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_stored_values(path)
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
@@ -100,10 +111,7 @@ def validate_image(image: sitk.Image, name: str = "image") -> None:
     array = sitk.GetArrayViewFromImage(image)
     finite = np.isfinite(array)
     if not finite.all():
-        bad = int(array.size - np.count_nonzero(finite))
-        raise XAIInputError(
-            f"{name} contains {bad} NaN or infinite voxel value(s); fix or mask them before explaining."
-        )
+        raise _non_finite_error(name, int(array.size - np.count_nonzero(finite)))
     low, high = float(array.min()), float(array.max())
     if low == high:
         raise XAIInputError(f"{name} has the same value ({low:g}) in every voxel; there is nothing to explain.")
@@ -148,21 +156,67 @@ def describe_geometry(image: sitk.Image) -> dict:
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
-    try:
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError:
-        series_ids = ()
+    with _native_stderr_captured():  # GDCM warns on stderr about every non-DICOM file it skips
+        try:
+            series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        except RuntimeError:
+            series_ids = ()
     if not series_ids:
         raise XAIInputError(f"{folder} is a folder without a DICOM series; give a DICOM folder or an image file.")
-    files = max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
-    )
+    with _native_stderr_captured():
+        files = max(
+            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    with _native_stderr_captured():
+        try:
+            return reader.Execute()
+        except RuntimeError as error:
+            reason = _first_line(error)
+    raise XAIInputError(f"Could not read the DICOM series in {folder} ({reason}).")
+
+
+@contextmanager
+def _native_stderr_captured() -> Iterator[list[str]]:
+    """Capture what ITK's C++ readers print on stderr (MetaIO reports a truncated file only there).
+
+    The yielded list is filled with the captured lines when the block ends.
+    """
+    messages: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace")
+            messages.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _check_nifti_stored_values(path: Path) -> None:
+    """Read the stored voxels with nibabel: ITK's NIfTI reader fills a truncated file with garbage and
+    turns NaN or infinite voxels into 0 without a word, so neither would be caught otherwise."""
+    import nibabel
+
     try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise XAIInputError(f"Could not read the DICOM series in {folder} ({_first_line(error)}).") from None
+        stored = np.asanyarray(nibabel.load(str(path)).dataobj)
+    except Exception as error:
+        raise XAIInputError(
+            f"Could not read {path.name}: the NIfTI file is corrupt or truncated ({_first_line(error)})."
+        ) from None
+    if np.issubdtype(stored.dtype, np.floating):
+        bad = int(stored.size - np.count_nonzero(np.isfinite(stored)))
+        if bad:
+            raise _non_finite_error(path.name, bad)
+
+
+def _non_finite_error(name: str, count: int) -> XAIInputError:
+    return XAIInputError(f"{name} contains {count} NaN or infinite voxel value(s); fix or mask them before explaining.")
 
 
 def _squeeze_trailing_singletons(image: sitk.Image) -> sitk.Image:

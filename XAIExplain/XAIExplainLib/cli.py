@@ -1,0 +1,270 @@
+"""``slicer-xai``: the engine from a command line.
+
+Subcommands: ``explain``, ``models list``, ``models show``, ``data synth``. Bad input gets one line on
+stderr and exit code 2, never a traceback, and nothing is left in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+from . import __version__
+from .errors import XAICancelled, XAIError, XAIInputError
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+EXIT_CANCELLED = 130
+
+_METHOD_CHOICES = ("gradcam", "gradcampp", "gradient", "smoothgrad", "ig", "occlusion")
+_UNCERTAINTY_CHOICES = ("none", "mc-dropout", "tta", "ensemble")
+_FORMATS = {"nii.gz": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``slicer-xai: error: …``), exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class ProgressPrinter:
+    """Progress on stderr once a run has taken more than a second; a bar on a terminal, lines otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr, delay_s: float = 1.0, every_s: float = 0.5) -> None:
+        self.stream = stream
+        self.start = time.monotonic()
+        self.delay_s = delay_s
+        self.every_s = every_s
+        self.last = 0.0
+        self.last_message = ""
+        self.shown = False
+        self.tty = stream.isatty()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - self.start < self.delay_s:
+            return
+        if now - self.last < self.every_s and message == self.last_message and fraction < 1.0:
+            return
+        self.last, self.last_message, self.shown = now, message, True
+        percent = int(round(100 * fraction))
+        if self.tty:
+            bar = "#" * (percent // 4)
+            self.stream.write(f"\r[{bar:<25}] {percent:3d}% {message[:60]:<60}")
+        else:
+            self.stream.write(f"[{percent:3d}%] {message}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.shown and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="slicer-xai", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"slicer-xai {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback for unexpected errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    explain = commands.add_parser("explain", help="explain a model's decision on one image")
+    explain.add_argument("input", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder")
+    explain.add_argument("--model", required=True, help="bundled model name, bundle folder or TorchScript file")
+    explain.add_argument("--method", default="gradcam", choices=_METHOD_CHOICES)
+    explain.add_argument("--target", help="class index or name to explain (default: the predicted class)")
+    explain.add_argument("--target-mask", help="segmentation models: explain the logits summed over this mask")
+    explain.add_argument("--uncertainty", default="none", choices=_UNCERTAINTY_CHOICES)
+    explain.add_argument("--samples", type=int, default=8, help="MC-dropout / TTA samples (default 8)")
+    explain.add_argument("--ensemble-model", action="append", default=[], metavar="MODEL",
+                         help="another model for --uncertainty ensemble (repeatable)")
+    explain.add_argument("--occlusion-window", type=int, help="occlusion window, in model-grid voxels (default 8)")
+    explain.add_argument("--ig-steps", type=int, help="Integrated Gradients steps (default 32)")
+    explain.add_argument("--smoothgrad-samples", type=int, help="SmoothGrad noisy samples (default 16)")
+    explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--format", default="nii.gz", choices=sorted(_FORMATS), help="format of the output maps")
+    explain.add_argument("--trust-bundle", action="store_true",
+                         help="allow the bundle's config to run Python code (only for bundles you trust)")
+    explain.add_argument("--out", required=True, help="output folder")
+    explain.set_defaults(handler=_explain)
+
+    models = commands.add_parser("models", help="the bundled models")
+    model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_OneLineParser)
+    listing = model_commands.add_parser("list", help="list bundled models")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_models_list)
+    show = model_commands.add_parser("show", help="show a model's card")
+    show.add_argument("name", help="bundled model name, bundle folder or TorchScript file")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_models_show)
+
+    data = commands.add_parser("data", help="synthetic cases with ground truth")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_OneLineParser)
+    synth = data_commands.add_parser("synth", help="generate cases, lesion masks and a labels CSV")
+    synth.add_argument("--kind", required=True, choices=("brain-mri", "chest-ct"))
+    synth.add_argument("--n", type=int, default=10)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True)
+    synth.set_defaults(handler=_data_synth)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except XAICancelled as error:
+        print(f"slicer-xai: {error}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print("slicer-xai: interrupted; no results were kept.", file=sys.stderr)
+        return EXIT_CANCELLED
+    except XAIError as error:
+        print(f"slicer-xai: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("slicer-xai: error: out of memory; try a smaller image or fewer samples.", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # a bug of ours: still one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"slicer-xai: internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+              f" (run with --debug for details)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .imageio import read_image, staged_output_dir, write_image
+    from .models import load_model
+    from .pipeline import explain_image
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise XAIInputError(f"--out {out} exists and is not a folder.")
+    if args.samples < 2:
+        raise XAIInputError("--samples must be at least 2.")
+    image = read_image(args.input)
+    target_mask = read_image(args.target_mask) if args.target_mask else None
+    model = load_model(args.model, trust_bundle=args.trust_bundle)
+    ensemble = [load_model(name, trust_bundle=args.trust_bundle) for name in args.ensemble_model]
+    params = {key: value for key, value in (("window", args.occlusion_window), ("n_steps", args.ig_steps),
+                                            ("n_samples", args.smoothgrad_samples)) if value is not None}
+    printer = ProgressPrinter()
+    try:
+        result = explain_image(image, model, method=args.method, target=args.target, target_mask=target_mask,
+                               uncertainty=args.uncertainty, samples=args.samples, ensemble=ensemble,
+                               method_params=params or None, seed=args.seed, progress=printer)
+    finally:
+        printer.close()
+    suffix = _FORMATS[args.format]
+    files = {"saliency": f"saliency{suffix}"}
+    if result.uncertainty is not None:
+        files["uncertainty"] = f"uncertainty{suffix}"
+    if result.segmentation is not None:
+        files["segmentation"] = f"segmentation{suffix}"
+    report = {"input": str(Path(args.input).absolute()), "files": {**files, "result": "result.json"}, **result.to_json()}
+    with staged_output_dir(out) as staging:
+        write_image(result.saliency, staging / files["saliency"])
+        if result.uncertainty is not None:
+            write_image(result.uncertainty, staging / files["uncertainty"])
+        if result.segmentation is not None:
+            write_image(result.segmentation, staging / files["segmentation"])
+        (staging / "result.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print_summary(result, out)
+    return 0
+
+
+def _print_summary(result, out: Path) -> None:
+    prediction = result.prediction
+    explanation = result.explanation
+    peak = ", ".join(f"{v:.1f}" for v in explanation["statistics"]["peak_ras_mm"])
+    print(f"Prediction: {prediction['predicted_label']} (confidence {prediction['confidence']:.2f})")
+    print(f"Explanation: {explanation['method_name']} of {explanation['target']['description']}; "
+          f"strongest evidence at RAS ({peak}) mm")
+    info = result.uncertainty_info
+    if info.get("method", "none") != "none":
+        spread = f", spread of the predicted class probability {info['predicted_class_std']:.3f}" \
+            if "predicted_class_std" in info else ""
+        print(f"Uncertainty: {info['method']}{spread}")
+    print(f"Results in {out.absolute()}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from .models import list_bundled_models
+
+    models = list_bundled_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    if not models:
+        print("No bundled models found.")
+        return 0
+    print(f"{'NAME':<28} {'TASK':<15} {'MODALITY':<9} {'CLINICAL TASKS':<30} CLASSES")
+    for entry in models:
+        if "error" in entry:
+            print(f"{entry['name']:<28} (unreadable: {entry['error']})")
+            continue
+        print(f"{entry['name']:<28} {entry['task']:<15} {entry.get('modality') or '-':<9} "
+              f"{', '.join(entry['clinical_tasks']) or '-':<30} {', '.join(entry['class_names'])}")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from .models import file_sha256, read_model_spec, resolve_model_path
+
+    path = resolve_model_path(args.name)
+    spec = read_model_spec(path)
+    card = dict(spec.metadata.get("xai", {}))
+    weights = next((path / p for p in ("models/model.pt", "models/model.ts") if (path / p).is_file()), path)
+    summary = {
+        "name": spec.name,
+        "path": str(path.absolute()),
+        "version": spec.version,
+        "description": spec.description,
+        "task": spec.task,
+        "modality": spec.modality,
+        "clinical_tasks": list(spec.clinical_tasks),
+        "class_names": list(spec.class_names),
+        "input": card.get("input"),
+        "intensity": card.get("intensity"),
+        "cam_target_layer": spec.cam_target_layer,
+        "weights_sha256_recorded": spec.weights_sha256,
+        "weights_sha256_actual": file_sha256(weights) if weights.is_file() else None,
+        "model_card": card.get("model_card", {}),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for sub_key, sub_value in value.items():
+                print(f"  {sub_key}: {json.dumps(sub_value) if not isinstance(sub_value, str) else sub_value}")
+        else:
+            print(f"{key}: {', '.join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value}")
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from .data import synthesize
+
+    if args.n < 1:
+        raise XAIInputError("--n must be at least 1.")
+    printer = ProgressPrinter()
+    try:
+        out = synthesize(args.kind, args.n, args.seed, args.out, progress=printer)
+    finally:
+        printer.close()
+    print(f"Wrote {args.n} {args.kind} case(s) with lesion masks and labels.csv to {Path(out).absolute()}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
