@@ -1,0 +1,243 @@
+"""Engine results into the scene: result nodes named, replaced, described and shown.
+
+An engine result (``XAIExplainLib.pipeline.explain_image``, or the files a background run wrote, see
+:class:`ExplanationOutputs`) has ``saliency``, ``uncertainty``, ``segmentation`` (SimpleITK images on
+the input's grid, the last two optional), ``prediction`` and ``provenance`` (dicts).
+
+Each result node refers to its input (node reference ``XAI.source``) and says what it is (attribute
+``XAI.role``, plus ``XAI.method`` for saliency). That is how a re-run finds the nodes of the earlier
+run and refills them instead of adding new ones, also after the scene was saved and loaded again.
+"""
+
+import colorsys
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+import slicer
+
+from .colors import REVIEW_LABEL
+from .display import (
+    configureReviewDisplay,
+    configureSaliencyDisplay,
+    configureUncertaintyDisplay,
+    showInSliceViews,
+)
+from .geometry import copyGeometry, imageToVolumeNode, sameGrid
+from .hierarchy import placeBesideInput
+from .provenance import setProvenanceAttributes
+
+__all__ = [
+    "ExplanationOutputs",
+    "ExplanationNodes",
+    "applyExplanationResult",
+    "findResultNode",
+    "removeResultNode",
+    "resultNodeName",
+    "reviewRegions",
+    "SOURCE_REFERENCE",
+]
+
+SOURCE_REFERENCE = "XAI.source"
+ROLE_ATTRIBUTE = "XAI.role"
+
+
+@dataclass
+class ExplanationOutputs:
+    """The parts of an engine result this module uses (what a background run hands back)."""
+
+    saliency: sitk.Image
+    uncertainty: Optional[sitk.Image] = None
+    segmentation: Optional[sitk.Image] = None
+    prediction: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExplanationNodes:
+    """The nodes that hold one explanation."""
+
+    saliency: object
+    uncertainty: object = None
+    review: object = None
+    segmentation: object = None
+    compositeNodes: list = field(default_factory=list)
+
+
+def resultNodeName(inputNode, role: str, method: str = "") -> str:
+    """The name a result gets: ``<input> <method> saliency``, ``<input> uncertainty``, ..."""
+    words = {
+        "saliency": f"{method} saliency",
+        "uncertainty": "uncertainty",
+        "review": "uncertainty review",
+        "segmentation": "model segmentation",
+    }
+    return f"{inputNode.GetName()} {words[role]}"
+
+
+def findResultNode(scene, inputNode, role: str, method: Optional[str] = None):
+    """The node holding ``role`` (and ``method``) of an earlier run on ``inputNode``, or None."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLNode")
+        if node.GetAttribute(ROLE_ATTRIBUTE) != role or node.GetNodeReference(SOURCE_REFERENCE) is not inputNode:
+            continue
+        if method is None or node.GetAttribute("XAI.method") == method:
+            return node
+    return None
+
+
+def removeResultNode(scene, node) -> None:
+    """Remove ``node`` with its display and storage nodes (a bare scene does not do it for us)."""
+    if node is None:
+        return
+    companions = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        companions += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        companions += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for companion in companions:
+        if companion is not None and scene.IsNodePresent(companion):
+            scene.RemoveNode(companion)
+
+
+def reviewRegions(uncertainty: sitk.Image, percentile: float = 90.0) -> tuple:
+    """Voxels whose uncertainty is above ``percentile`` of the non-zero uncertainty values.
+
+    Zero means "no doubt at all" (e.g. background the model never looked at); counting it would let
+    a mostly-empty map flag everything it touches. Returns (uint8 label image, threshold used).
+    """
+    values = sitk.GetArrayViewFromImage(uncertainty)
+    positive = values[np.isfinite(values) & (values > 0)]
+    threshold = float(np.percentile(positive, percentile)) if positive.size else np.inf
+    mask = (values > threshold).astype(np.uint8) * REVIEW_LABEL
+    label = sitk.GetImageFromArray(mask)
+    label.CopyInformation(uncertainty)
+    return label, threshold
+
+
+def applyExplanationResult(
+    scene,
+    inputNode,
+    result,
+    method: str,
+    opacity: float = 0.5,
+    threshold: float = 0.2,
+    reviewPercentile: float = 90.0,
+    show: bool = True,
+) -> ExplanationNodes:
+    """Create or refill the result nodes of ``result`` (computed on ``inputNode``) and show them.
+
+    Raises ValueError when a map is not on the input's grid (nothing is changed in the scene then).
+    """
+    for role in ("saliency", "uncertainty", "segmentation"):
+        image = getattr(result, role, None)
+        if image is not None and not sameGrid(image, inputNode):
+            raise ValueError(f"The {role} map is not on the grid of {inputNode.GetName()}; it cannot be overlaid.")
+    provenance = dict(getattr(result, "provenance", None) or {})
+    prediction = dict(getattr(result, "prediction", None) or {})
+
+    nodes = ExplanationNodes(saliency=None)
+    nodes.saliency = _storeMap(scene, inputNode, result.saliency, "saliency", method)
+    configureSaliencyDisplay(nodes.saliency, threshold)
+    _describe(nodes.saliency, provenance, prediction)
+
+    previousUncertainty = findResultNode(scene, inputNode, "uncertainty")
+    previousReview = findResultNode(scene, inputNode, "review")
+    if result.uncertainty is not None:
+        nodes.uncertainty = _storeMap(scene, inputNode, result.uncertainty, "uncertainty", method)
+        configureUncertaintyDisplay(nodes.uncertainty)
+        _describe(nodes.uncertainty, provenance, prediction)
+        label, reviewThreshold = reviewRegions(result.uncertainty, reviewPercentile)
+        nodes.review = _storeMap(scene, inputNode, label, "review", method, "vtkMRMLLabelMapVolumeNode")
+        configureReviewDisplay(nodes.review)
+        _describe(nodes.review, provenance, prediction)
+        nodes.review.SetAttribute("XAI.reviewPercentile", repr(float(reviewPercentile)))
+        nodes.review.SetAttribute("XAI.reviewThreshold", repr(reviewThreshold))
+        nodes.review.SetAttribute("XAI.reviewVoxelCount", str(int(np.count_nonzero(sitk.GetArrayViewFromImage(label)))))
+    else:
+        # A map from an earlier run would no longer match the saliency shown: drop it.
+        removeResultNode(scene, previousUncertainty)
+        removeResultNode(scene, previousReview)
+
+    previousSegmentation = findResultNode(scene, inputNode, "segmentation")
+    if getattr(result, "segmentation", None) is not None:
+        nodes.segmentation = _storeSegmentation(scene, inputNode, result.segmentation, prediction, previousSegmentation)
+        _describe(nodes.segmentation, provenance, prediction)
+    else:
+        removeResultNode(scene, previousSegmentation)
+
+    if show:
+        nodes.compositeNodes = showInSliceViews(scene, inputNode, nodes.saliency, nodes.review, opacity)
+    return nodes
+
+
+def _storeMap(scene, inputNode, image, role, method, className="vtkMRMLScalarVolumeNode"):
+    node = findResultNode(scene, inputNode, role, method if role == "saliency" else None)
+    name = resultNodeName(inputNode, role, method)
+    if node is None:
+        node = imageToVolumeNode(scene, image, name, className=className)
+    else:
+        imageToVolumeNode(scene, image, name, node=node)
+        if node.GetName() != name:
+            node.SetName(scene.GenerateUniqueName(name))
+    # The engine promises the input's grid; copying it makes the overlay exact even after a trip
+    # through a file header, and puts the map under the input's transform.
+    copyGeometry(inputNode, node)
+    node.SetNodeReferenceID(SOURCE_REFERENCE, inputNode.GetID())
+    node.SetAttribute(ROLE_ATTRIBUTE, role)
+    node.SetAttribute("XAI.method", method)
+    placeBesideInput(scene, inputNode, node)
+    return node
+
+
+def _storeSegmentation(scene, inputNode, labelImage, prediction, segmentationNode):
+    classNames = list(prediction.get("class_names") or [])
+    if segmentationNode is None:
+        segmentationNode = scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", scene.GenerateUniqueName(resultNodeName(inputNode, "segmentation"))
+        )
+        segmentationNode.CreateDefaultDisplayNodes()
+    segmentationNode.GetSegmentation().RemoveAllSegments()
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputNode)
+    # Import goes through a temporary label map whose colour table names the segments.
+    labelNode = imageToVolumeNode(scene, sitk.Cast(labelImage, sitk.sitkUInt8), "XAI temporary labels",
+                                  className="vtkMRMLLabelMapVolumeNode")
+    copyGeometry(inputNode, labelNode)
+    labelNode.SetAndObserveTransformNodeID(None)
+    values = sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(labelImage)) if v > 0)
+    colorNode = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "XAI temporary label names")
+    colorNode.SetTypeToUser()
+    colorNode.SetNumberOfColors((max(values) if values else 0) + 1)
+    for value in values:
+        name = classNames[value] if value < len(classNames) else f"Label {value}"
+        red, green, blue = _distinctColor(value)
+        colorNode.SetColor(value, name, red, green, blue, 1.0)
+    labelNode.GetDisplayNode().SetAndObserveColorNodeID(colorNode.GetID())
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelNode, segmentationNode)
+    removeResultNode(scene, labelNode)
+    removeResultNode(scene, colorNode)
+    segmentationNode.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
+    segmentationNode.SetNodeReferenceID(SOURCE_REFERENCE, inputNode.GetID())
+    segmentationNode.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
+    placeBesideInput(scene, inputNode, segmentationNode)
+    return segmentationNode
+
+
+def _distinctColor(value: int) -> tuple:
+    # Golden-angle hues: neighbouring labels get well-separated colours.
+    return colorsys.hsv_to_rgb((value * 0.618033988749895) % 1.0, 0.75, 0.95)
+
+
+def _describe(node, provenance: dict, prediction: dict) -> None:
+    setProvenanceAttributes(node, provenance)
+    if prediction:
+        node.SetAttribute("XAI.prediction", json.dumps(prediction, sort_keys=True, default=float))
+        for key in ("predicted_label", "confidence", "task"):
+            if key in prediction:
+                value = prediction[key]
+                node.SetAttribute("XAI." + {"predicted_label": "predictedLabel"}.get(key, key),
+                                  value if isinstance(value, str) else json.dumps(value, default=float))

@@ -1,0 +1,63 @@
+"""A perturbation sweep in the scene: one table row per severity, curves in a plot chart, and the
+perturbed case with its saliency map layered like XAIExplain's results."""
+
+import numpy as np
+
+from XAIExplainLib import mrml
+
+__all__ = ["sweepColumns", "showSweep", "showPerturbedCase"]
+
+
+def sweepColumns(rows: list) -> dict:
+    """Rows (one dict per severity) as columns; numeric values only, ``severity`` first."""
+    if not rows:
+        raise ValueError("The sweep has no results.")
+    names = ["severity"] + [key for key in rows[0] if key != "severity"]
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
+            columns[name] = [float(v) for v in values]
+        elif name != "severity":
+            columns[name] = [str(v) for v in values]
+    if "severity" not in columns:
+        raise ValueError("Every sweep row needs a numeric 'severity'.")
+    return columns
+
+
+def showSweep(scene, inputNode, perturbation: str, rows: list):
+    """Table and chart of the sweep (numeric columns plotted against severity); refilled on re-runs."""
+    columns = sweepColumns(rows)
+    plotted = [name for name, values in columns.items() if name != "severity" and isinstance(values[0], float)]
+    key = f"{inputNode.GetID()} {perturbation} sweep"
+    tableNode, chartNode = mrml.showCurves(
+        scene, key, columns, "severity", plotted,
+        title=f"{inputNode.GetName()} {perturbation} sweep", xAxisTitle="severity", yAxisTitle="value",
+    )
+    tableNode.SetNodeReferenceID(mrml.results.SOURCE_REFERENCE, inputNode.GetID())
+    return tableNode, chartNode
+
+
+def showPerturbedCase(scene, inputNode, perturbation: str, perturbedImage, result, method: str,
+                      opacity: float = 0.5, threshold: float = 0.2):
+    """The perturbed image as a volume beside the input, with its explanation layered over it."""
+    name = f"{inputNode.GetName()} {perturbation}"
+    perturbedNode = mrml.findResultNode(scene, inputNode, "perturbed")
+    if perturbedNode is None:
+        perturbedNode = mrml.imageToVolumeNode(scene, perturbedImage, name)
+    else:
+        mrml.imageToVolumeNode(scene, perturbedImage, name, node=perturbedNode)
+        perturbedNode.SetName(scene.GenerateUniqueName(name) if perturbedNode.GetName() != name else name)
+    mrml.copyGeometry(inputNode, perturbedNode)
+    perturbedNode.SetNodeReferenceID(mrml.results.SOURCE_REFERENCE, inputNode.GetID())
+    perturbedNode.SetAttribute(mrml.results.ROLE_ATTRIBUTE, "perturbed")
+    perturbedNode.SetAttribute("XAI.perturbation", perturbation)
+    displayNode = perturbedNode.GetDisplayNode()
+    inputDisplay = inputNode.GetDisplayNode()
+    if inputDisplay is not None:
+        # Same window as the input: a darker or noisier image must look darker or noisier.
+        displayNode.AutoWindowLevelOff()
+        displayNode.SetWindowLevel(inputDisplay.GetWindow(), inputDisplay.GetLevel())
+    mrml.placeBesideInput(scene, inputNode, perturbedNode)
+    nodes = mrml.applyExplanationResult(scene, perturbedNode, result, method, opacity=opacity, threshold=threshold)
+    return perturbedNode, nodes
