@@ -91,6 +91,13 @@ def _write_array(path: Path, array: np.ndarray, vector: bool = False) -> Path:
     return path
 
 
+def _write_4d(path: Path) -> Path:
+    import nibabel
+
+    nibabel.save(nibabel.Nifti1Image(np.random.rand(10, 10, 10, 3).astype(np.float32), np.eye(4)), str(path))
+    return path
+
+
 def _bad_inputs(folder: Path) -> dict[str, Path]:
     good = make_image(size=(20, 20, 20))
     nan = sitk.GetArrayFromImage(good)
@@ -107,7 +114,7 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
     return {
         "NaN": _write_array(folder / "nan.nii.gz", nan),
         "infinite": _write_array(folder / "inf.nii.gz", inf),
-        "4-D": _write_array(folder / "four.nii.gz", np.random.rand(3, 10, 10, 10).astype(np.float32)),
+        "4-D": _write_4d(folder / "four.nii.gz"),
         "values per voxel": _write_array(folder / "vector.nrrd", np.random.rand(10, 10, 10, 3).astype(np.float32), vector=True),
         "2-D": _write_array(folder / "flat.nrrd", np.random.rand(30, 30).astype(np.float32)),
         "same value": _write_array(folder / "constant.nii.gz", np.zeros((10, 10, 10), np.float32)),
@@ -120,30 +127,42 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
     }
 
 
-def test_bad_inputs_get_one_line_exit_2_and_nothing_written(classifier_bundle, tmp_path):
+def test_bad_inputs_get_one_line_exit_2_and_nothing_written(classifier_bundle, tmp_path, capfd):
     cases = tmp_path / "bad"
     cases.mkdir()
     for expected, path in _bad_inputs(cases).items():
         out = tmp_path / f"out-{path.name}"
-        result = run_cli("explain", str(path), "--model", str(classifier_bundle), "--out", str(out))
-        assert result.returncode == 2, (expected, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, (expected, result.stderr)
-        assert expected.strip() in lines[0] and "Traceback" not in result.stderr
+        code = main(["explain", str(path), "--model", str(classifier_bundle), "--out", str(out)])
+        stderr = capfd.readouterr().err  # file-descriptor level: native ITK messages would show here too
+        assert code == 2, (expected, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, (expected, stderr)
+        assert expected.strip() in lines[0] and "Traceback" not in stderr
         assert not out.exists(), f"{expected}: {out} was created"
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
-def test_bad_model_and_arguments_get_one_line(oblique_case, tmp_path):
+def test_bad_input_from_the_console_script(tmp_path):
+    """The entry point in a fresh process: one line, exit code 2, no traceback."""
+    result = run_cli("explain", str(tmp_path / "missing.nii.gz"), "--model", "brain-lesion-classifier",
+                     "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Input not found" in result.stderr
+
+
+def test_bad_model_and_arguments_get_one_line(oblique_case, tmp_path, capfd):
     for args, expected in (
         (["--model", "no-such-model"], "Model not found"),
         (["--model", str(tmp_path)], "not a MONAI bundle"),
         (["--model", str(oblique_case)], "neither a MONAI bundle"),
         (["--method", "lime", "--model", "x"], "invalid choice"),
     ):
-        result = run_cli("explain", str(oblique_case), *args, "--out", str(tmp_path / "out"))
-        assert result.returncode == 2
-        assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+        try:
+            code = main(["explain", str(oblique_case), *args, "--out", str(tmp_path / "out")])
+        except SystemExit as exit_:  # argparse's own usage errors
+            code = exit_.code
+        stderr = capfd.readouterr().err
+        assert code == 2
+        assert len(stderr.strip().splitlines()) == 1 and expected in stderr, stderr
         assert not (tmp_path / "out").exists()
 
 
