@@ -37,7 +37,7 @@ SAMPLE_MODEL_NAME = "brain-lesion-classifier"
 #: The torch build the engine is tested with; later ones may pull a CUDA build of several GB.
 TORCH_REQUIREMENT = ">=2.2,<=2.13.0"
 #: Everything else the engine needs (torch is installed through the PyTorch extension).
-PYTHON_REQUIREMENTS = ["monai==1.6.1", "captum==0.9.0", "scipy>=1.11"]
+PYTHON_REQUIREMENTS = ["monai==1.6.1", "captum==0.9.0", "scipy>=1.11", "nibabel>=5"]
 
 
 #
@@ -533,7 +533,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
     def dependenciesMissing() -> list:
         import importlib.util
 
-        return [name for name in ("torch", "monai", "captum", "scipy") if importlib.util.find_spec(name) is None]
+        return [name for name in ("torch", "monai", "captum", "scipy", "nibabel") if importlib.util.find_spec(name) is None]
 
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
         """Install torch (through the PyTorch extension when present) and the engine's requirements.
