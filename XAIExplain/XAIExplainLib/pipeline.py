@@ -55,6 +55,16 @@ class PreparedCase:
             array = array.detach().cpu().numpy()
         return to_input_grid(np.asarray(array, dtype=np.float32), self.grid, self.image, outside)
 
+    def probabilities_to_input_grid(self, probabilities: torch.Tensor) -> np.ndarray:
+        """Class probability maps ``[K, X, Y, Z]`` on the model grid -> ``[K, k, j, i]`` on the input grid.
+
+        Outside the model's field of view everything is background (class 0).
+        """
+        return np.stack([
+            sitk.GetArrayFromImage(self.to_input_grid(probabilities[c], outside=1.0 if c == 0 else 0.0))
+            for c in range(probabilities.shape[0])
+        ])
+
 
 @dataclass
 class ExplanationResult:
@@ -230,10 +240,7 @@ def _describe_prediction(model: LoadedModel, case: PreparedCase, probabilities: 
         }, None
     # Segmentation: probabilities back on the input grid, then the label map there (argmax), so the
     # label map is as sharp as the input allows, not blocky at the model's spacing.
-    on_input = np.stack([
-        sitk.GetArrayFromImage(case.to_input_grid(probabilities[0, c], outside=1.0 if c == 0 else 0.0))
-        for c in range(probabilities.shape[1])
-    ])
+    on_input = case.probabilities_to_input_grid(probabilities[0])
     labels = on_input.argmax(axis=0).astype(np.uint8)
     segmentation = sitk.GetImageFromArray(labels)
     segmentation.CopyInformation(case.image)
@@ -268,9 +275,9 @@ def _resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch
     default = spec.positive_class if spec.positive_class is not None else min(1, len(spec.class_names) - 1)
     index = spec.class_index(target) if target is not None else default
     if target_mask is not None:
-        validate_mask = sitk.Resample(sitk.Cast(target_mask, sitk.sitkFloat32), case.grid, sitk.Transform(),
-                                      sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
-        region = torch.from_numpy(sitk.GetArrayFromImage(validate_mask).transpose(2, 1, 0) > 0.5)
+        mask_on_grid = sitk.Resample(sitk.Cast(target_mask, sitk.sitkFloat32), case.grid, sitk.Transform(),
+                                     sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+        region = torch.from_numpy(sitk.GetArrayFromImage(mask_on_grid).transpose(2, 1, 0) > 0.5)
         if not region.any():
             raise XAIInputError("The target mask has no voxels inside the model's field of view.")
         description = f"'{spec.class_names[index]}' logits summed over the given mask"
@@ -348,10 +355,7 @@ def _ensemble_uncertainty(model: LoadedModel, ensemble: Sequence[LoadedModel], i
         with torch.no_grad():
             probabilities = predict_probabilities(member, case.inputs)
         if member.spec.task == "segmentation":
-            probability_maps.append(np.stack([
-                sitk.GetArrayFromImage(case.to_input_grid(probabilities[0, c], outside=1.0 if c == 0 else 0.0))
-                for c in range(probabilities.shape[1])
-            ]))
+            probability_maps.append(case.probabilities_to_input_grid(probabilities[0]))
         else:
             class_probabilities.append(probabilities[0])
             spread_method = method if method in _SINGLE_PASS_METHODS else "gradcam"

@@ -1,0 +1,92 @@
+"""explain_image end to end on tiny bundles: targets, masks, provenance, and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_image, rotation
+
+from XAIExplainLib.errors import XAIInputError, XAIModelError
+from XAIExplainLib.models import load_model
+from XAIExplainLib.pipeline import explain_image
+
+
+@pytest.fixture(scope="module")
+def image() -> sitk.Image:
+    return make_image(size=(30, 28, 22), spacing=(1.2, 1.2, 1.8), direction=rotation("x", 8), blob_index=(12, 14, 11))
+
+
+def test_segmentation_target_mask_is_the_region_explained(segmenter_bundle, image):
+    model = load_model(segmenter_bundle)
+    mask = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    mask[8:16, 10:18, 8:14] = 1
+    result = explain_image(image, model, method="gradient", target_mask=mask)
+    target = result.explanation["target"]
+    assert "given mask" in target["description"] and target["region_voxels"] > 0
+    predicted = explain_image(image, model, method="gradient")
+    assert "predicted region" in predicted.explanation["target"]["description"] or "whole volume" in predicted.explanation["target"]["description"]
+    assert not np.array_equal(sitk.GetArrayFromImage(result.saliency), sitk.GetArrayFromImage(predicted.saliency))
+
+
+def test_a_mask_outside_the_field_of_view_is_refused(segmenter_bundle, image):
+    mask = sitk.Image([10, 10, 10], sitk.sitkUInt8)
+    mask.SetOrigin([500.0, 500.0, 500.0])
+    mask[:, :, :] = 1
+    with pytest.raises(XAIInputError, match="field of view"):
+        explain_image(image, load_model(segmenter_bundle), target_mask=mask)
+
+
+def test_segmentation_outputs_a_label_map_on_the_input_grid(segmenter_bundle, image):
+    result = explain_image(image, load_model(segmenter_bundle))
+    assert result.segmentation.GetSize() == image.GetSize()
+    assert result.segmentation.GetDirection() == image.GetDirection()
+    labels = np.unique(sitk.GetArrayFromImage(result.segmentation))
+    assert set(labels.tolist()) <= {0, 1}
+    assert abs(sum(result.prediction["probabilities"].values()) - 1) < 1e-5
+
+
+def test_classifier_targets_by_name_and_index(classifier_bundle, image):
+    model = load_model(classifier_bundle)
+    by_name = explain_image(image, model, target="LESION")
+    by_index = explain_image(image, model, target=1)
+    assert by_name.explanation["target"]["class_index"] == by_index.explanation["target"]["class_index"] == 1
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(by_name.saliency), sitk.GetArrayFromImage(by_index.saliency))
+    with pytest.raises(XAIModelError, match="not a class"):
+        explain_image(image, model, target="tumour")
+    with pytest.raises(XAIModelError, match="out of range"):
+        explain_image(image, model, target=5)
+    with pytest.raises(XAIInputError, match="only applies to segmentation"):
+        explain_image(image, model, target_mask=image)
+
+
+def test_provenance_records_what_produced_the_map(classifier_bundle, image):
+    model = load_model(classifier_bundle)
+    result = explain_image(image, model, method="smoothgrad", method_params={"n_samples": 3}, seed=5)
+    provenance = result.provenance
+    assert provenance["model"]["sha256"] == model.sha256
+    assert provenance["method"] == "smoothgrad" and provenance["parameters"]["n_samples"] == 3
+    assert provenance["seed"] == 5 and provenance["input_geometry"]["size"] == list(image.GetSize())
+    assert {"torch", "monai", "captum"} <= set(provenance["libraries"])
+    peak = result.explanation["statistics"]["peak_ras_mm"]
+    assert len(peak) == 3 and all(np.isfinite(peak))
+
+
+def test_progress_is_reported_and_cancel_stops_the_run(classifier_bundle, image):
+    from XAIExplainLib.errors import XAICancelled
+    from XAIExplainLib.progress import CancelToken
+
+    seen = []
+    explain_image(image, load_model(classifier_bundle), method="occlusion", method_params={"window": 6},
+                  progress=lambda fraction, message: seen.append(fraction))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    token = CancelToken()
+
+    def cancel_midway(fraction, message):
+        if fraction > 0.1:
+            token.cancel()
+
+    with pytest.raises(XAICancelled):
+        explain_image(image, load_model(classifier_bundle), method="occlusion", method_params={"window": 6},
+                      progress=cancel_midway, cancel=token)
