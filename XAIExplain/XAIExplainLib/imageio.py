@@ -24,7 +24,9 @@ __all__ = [
     "MAX_VOXELS",
     "MIN_EXTENT",
     "read_image",
+    "read_mask",
     "validate_image",
+    "validate_grid",
     "write_image",
     "staged_output_dir",
     "describe_geometry",
@@ -35,9 +37,6 @@ MAX_VOXELS = 600_000_000
 #: A volume needs at least this many voxels along every axis to be explained in 3-D.
 MIN_EXTENT = 4
 
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
-
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 3-D scalar volume as float32, refusing anything that cannot be explained.
 
@@ -45,37 +44,59 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     series (the series with the most files is taken when there are several).
     """
     path = Path(path)
-    if not path.exists():
-        raise XAIInputError(f"Input not found: {path}")
-    if path.is_dir():
-        image = _read_dicom_series(path)
-    else:
-        if path.stat().st_size == 0:
-            raise XAIInputError(f"Input file is empty (0 bytes): {path}")
-        image, reason = None, ""
-        with _native_stderr_captured() as native_messages:
-            try:
-                image = sitk.ReadImage(str(path))
-            except RuntimeError as error:
-                reason = _first_line(error)
-        # MetaIO says "data not read completely" only on stderr and returns a half-filled image;
-        # other readers' stderr lines are warnings about readable files.
-        truncated_meta = path.suffix.lower() in (".mha", ".mhd") and native_messages
-        if image is None or truncated_meta:
-            reason = native_messages[-1] if truncated_meta else reason
-            raise XAIInputError(
-                f"Could not read {path.name} as an image ({reason[:160]}); "
-                f"expected NIfTI, NRRD, MetaImage or DICOM."
-            )
-    image = _squeeze_trailing_singletons(image)
+    image = _read_volume(path)
     validate_image(image, name=path.name)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_stored_values(path)
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
+def read_mask(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3-D label or mask volume as uint8 0/1 (any voxel > 0 is inside); it may be empty."""
+    path = Path(path)
+    image = _read_volume(path)
+    validate_grid(image, name=path.name)
+    return sitk.Cast(image > 0, sitk.sitkUInt8)
+
+
+def _read_volume(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise XAIInputError(f"Input not found: {path}")
+    if path.is_dir():
+        return _squeeze_trailing_singletons(_read_dicom_series(path))
+    if path.stat().st_size == 0:
+        raise XAIInputError(f"Input file is empty (0 bytes): {path}")
+    image, reason = None, ""
+    with _native_stderr_captured() as native_messages:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            reason = _first_line(error)
+    # MetaIO says "data not read completely" only on stderr and returns a half-filled image;
+    # other readers' stderr lines are warnings about readable files.
+    truncated_meta = path.suffix.lower() in (".mha", ".mhd") and native_messages
+    if image is None or truncated_meta:
+        reason = native_messages[-1] if truncated_meta else reason
+        raise XAIInputError(
+            f"Could not read {path.name} as an image ({reason[:160]}); expected NIfTI, NRRD, MetaImage or DICOM."
+        )
+    return _squeeze_trailing_singletons(image)
+
+
 def validate_image(image: sitk.Image, name: str = "image") -> None:
     """Raise :class:`XAIInputError` unless ``image`` is a finite, non-constant 3-D scalar volume."""
+    validate_grid(image, name)
+    array = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise _non_finite_error(name, int(array.size - np.count_nonzero(finite)))
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise XAIInputError(f"{name} has the same value ({low:g}) in every voxel; there is nothing to explain.")
+
+
+def validate_grid(image: sitk.Image, name: str = "image") -> None:
+    """Raise :class:`XAIInputError` unless ``image`` is a scalar 3-D volume of sane size and geometry."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise XAIInputError(
             f"{name} has {image.GetNumberOfComponentsPerPixel()} values per voxel (vector or colour "
@@ -108,13 +129,6 @@ def validate_image(image: sitk.Image, name: str = "image") -> None:
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
         raise XAIInputError(f"{name} has an invalid (degenerate) orientation matrix.")
-    array = sitk.GetArrayViewFromImage(image)
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise _non_finite_error(name, int(array.size - np.count_nonzero(finite)))
-    low, high = float(array.min()), float(array.max())
-    if low == high:
-        raise XAIInputError(f"{name} has the same value ({low:g}) in every voxel; there is nothing to explain.")
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:

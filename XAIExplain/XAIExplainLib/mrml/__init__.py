@@ -27,6 +27,7 @@ from .results import (
     removeResultNode,
     resultNodeName,
     reviewRegions,
+    showReferenceSegmentation,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "setSaliencyThreshold",
     "showCurves",
     "showInSliceViews",
+    "showReferenceSegmentation",
     "sliceCompositeNodesShowing",
     "uncertaintyColorNode",
     "volumeNodeToImage",

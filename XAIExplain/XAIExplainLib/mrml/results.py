@@ -26,7 +26,7 @@ from .display import (
     configureUncertaintyDisplay,
     showInSliceViews,
 )
-from .geometry import copyGeometry, imageToVolumeNode, sameGrid
+from .geometry import copyGeometry, imageToVolumeNode, sameGrid, volumeNodeToImageGeometry
 from .hierarchy import placeBesideInput
 from .provenance import setProvenanceAttributes
 
@@ -38,6 +38,7 @@ __all__ = [
     "removeResultNode",
     "resultNodeName",
     "reviewRegions",
+    "showReferenceSegmentation",
     "SOURCE_REFERENCE",
 ]
 
@@ -74,6 +75,7 @@ def resultNodeName(inputNode, role: str, method: str = "") -> str:
         "uncertainty": "uncertainty",
         "review": "uncertainty review",
         "segmentation": "model segmentation",
+        "reference": "reference segmentation",
     }
     return f"{inputNode.GetName()} {words[role]}"
 
@@ -194,11 +196,36 @@ def _storeMap(scene, inputNode, image, role, method, className="vtkMRMLScalarVol
     return node
 
 
-def _storeSegmentation(scene, inputNode, labelImage, prediction, segmentationNode):
+def showReferenceSegmentation(scene, inputNode, maskImage: sitk.Image, name: str = "reference lesion"):
+    """Show a ground-truth mask of ``inputNode`` as an outline (teaching; per-case metrics).
+
+    Any voxel > 0 belongs to the reference; re-showing replaces the earlier reference.
+    """
+    if not sameGrid(maskImage, inputNode):
+        geometry = volumeNodeToImageGeometry(inputNode)
+        grid = sitk.Image([int(v) for v in geometry["size"]], sitk.sitkUInt8)
+        grid.SetSpacing(geometry["spacing"].tolist())
+        grid.SetOrigin(geometry["origin"].tolist())
+        grid.SetDirection(geometry["direction"].tolist())
+        maskImage = sitk.Resample(maskImage, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    binary = sitk.Cast(maskImage > 0, sitk.sitkUInt8)
+    node = _storeSegmentation(scene, inputNode, binary, {"class_names": ["", name]},
+                              findResultNode(scene, inputNode, "reference"), role="reference")
+    display = node.GetDisplayNode()
+    display.SetVisibility2DFill(False)
+    display.SetVisibility2DOutline(True)
+    display.SetSliceIntersectionThickness(2)
+    segment = node.GetSegmentation().GetNthSegment(0) if node.GetSegmentation().GetNumberOfSegments() else None
+    if segment is not None:
+        segment.SetColor(0.2, 0.9, 0.3)
+    return node
+
+
+def _storeSegmentation(scene, inputNode, labelImage, prediction, segmentationNode, role="segmentation"):
     classNames = list(prediction.get("class_names") or [])
     if segmentationNode is None:
         segmentationNode = scene.AddNewNodeByClass(
-            "vtkMRMLSegmentationNode", scene.GenerateUniqueName(resultNodeName(inputNode, "segmentation"))
+            "vtkMRMLSegmentationNode", scene.GenerateUniqueName(resultNodeName(inputNode, role))
         )
         segmentationNode.CreateDefaultDisplayNodes()
     segmentationNode.GetSegmentation().RemoveAllSegments()
@@ -222,7 +249,7 @@ def _storeSegmentation(scene, inputNode, labelImage, prediction, segmentationNod
     removeResultNode(scene, colorNode)
     segmentationNode.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
     segmentationNode.SetNodeReferenceID(SOURCE_REFERENCE, inputNode.GetID())
-    segmentationNode.SetAttribute(ROLE_ATTRIBUTE, "segmentation")
+    segmentationNode.SetAttribute(ROLE_ATTRIBUTE, role)
     placeBesideInput(scene, inputNode, segmentationNode)
     return segmentationNode
 

@@ -1,0 +1,241 @@
+"""The browser viewer: Slicer slice and 3-D views (trame-slicer) with the XAIExplain side panel.
+
+``slicer-xai viewer [INPUT] [--model M]`` starts it; with no input it opens the bundled demo case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Optional
+
+from trame.app import asynchronous, get_server
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+
+from XAIExplainLib.errors import XAICancelled, XAIError
+from XAIExplainLib.explainers import EXPLAINERS
+from XAIExplainLib.models import list_bundled_models
+from XAIExplainLib.progress import CancelToken
+
+from .session import MAX_UPLOAD_BYTES, RunSettings, ViewerSession, sample_cases
+from .ui import build_ui
+
+__all__ = ["XAIViewerApp", "DEFAULT_LAYOUT"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LAYOUT = "Quad View"
+_UNCERTAINTY_CHOICES = [
+    {"title": "None", "value": "none"},
+    {"title": "Test-time augmentation", "value": "tta"},
+    {"title": "MC dropout", "value": "mc-dropout"},
+]
+
+
+class XAIViewerApp:
+    """One trame server, one Slicer scene and the XAIExplain workflow on it."""
+
+    def __init__(self, server: Any = None, case: Optional[str] = None, model: Optional[str] = None) -> None:
+        self.server = get_server(server, client_type="vue3")
+        self.server.enable_module(trame_slicer_module)
+        self.state, self.ctrl = self.server.state, self.server.controller
+        self.slicer = SlicerApp()
+        register_rca_factories(self.slicer.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
+        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layout_manager.set_layout(DEFAULT_LAYOUT)
+        self.session = ViewerSession(self.slicer.scene)
+        self._cancel: Optional[CancelToken] = None
+        self._initial_case = case
+        self._initial_model = model
+
+        self._init_state()
+        self.ui = build_ui(self)
+        self.ctrl.on_server_ready.add(self._on_ready)
+        self.state.change("opacity")(self._on_opacity)
+        self.state.change("threshold")(self._on_threshold)
+        self.state.change("case_name")(self._on_case_selected)
+
+    # --- state ---
+
+    def _init_state(self) -> None:
+        models = [m for m in list_bundled_models() if "error" not in m]
+        cases = sample_cases()
+        self.state.update({
+            "trame__title": "SlicerXAI",
+            "models": [{"title": m.get("title", m["name"]), "value": m["name"]} for m in models],
+            "model": self._initial_model or (cases[0]["model"] if cases and cases[0]["model"] else (models[0]["name"] if models else None)),
+            "methods": [{"title": cls.title, "value": key} for key, cls in EXPLAINERS.items()],
+            "method": "gradcam",
+            "uncertainty_choices": _UNCERTAINTY_CHOICES,
+            "uncertainty": "none",
+            "cases": [{"title": c["name"], "value": c["name"]} for c in cases],
+            "case_name": None,
+            "running": False,
+            "progress": 0,
+            "progress_text": "",
+            "error": "",
+            "prediction_text": "",
+            "summary_text": "",
+            "opacity": 0.5,
+            "threshold": 0.2,
+            "max_upload_mb": MAX_UPLOAD_BYTES // 2**20,
+            "has_result": False,
+            "has_reference": False,
+        })
+
+    def _on_ready(self, **_: Any) -> None:
+        cases = {c["name"]: c for c in sample_cases()}
+        if self._initial_case:
+            self.load_path(self._initial_case, _mask_beside(self._initial_case))
+        elif cases:
+            with self.state:
+                self.state.case_name = next(iter(cases))
+
+    # --- case loading ---
+
+    def _on_case_selected(self, case_name: Optional[str], **_: Any) -> None:
+        case = {c["name"]: c for c in sample_cases()}.get(case_name or "")
+        if case is None or (self.session.input_node is not None and self.session.case_name == case_name):
+            return
+        if case["model"] and not self._initial_model:
+            self.state.model = case["model"]
+        self.load_path(case["path"], case["mask"])
+
+    def load_path(self, path: str, mask: Optional[str] = None) -> None:
+        """Load a case (and outline its reference lesion mask when there is one)."""
+
+        def load() -> None:
+            node = self.session.load_case(path)
+            if mask:
+                self.session.show_reference(mask)
+            self._show_case(node, has_reference=bool(mask))
+
+        self._guarded(load)
+
+    def on_upload(self, upload: Optional[dict]) -> None:
+        """A file from the browser (trame sends name, size and content)."""
+        if not upload:
+            return
+        if isinstance(upload, list):
+            upload = upload[0] if upload else None
+        content = upload.get("content") or b""
+        if isinstance(content, list):  # large files arrive in chunks
+            content = b"".join(content)
+        self._guarded(lambda: self._show_case(self.session.load_upload(upload.get("name", "upload"), content)))
+
+    def _show_case(self, node: Any, has_reference: bool = False) -> None:
+        self.slicer.display_manager.show_volume(node, do_reset_views=True)
+        with self.state:
+            self.state.has_reference = has_reference
+            self.state.error = ""
+            self.state.prediction_text = ""
+            self.state.summary_text = ""
+            self.state.has_result = False
+            if self.session.case_name not in [c["value"] for c in self.state.cases]:
+                self.state.case_name = None
+
+    # --- run ---
+
+    def run(self) -> None:
+        if self.state.running:
+            return
+        asynchronous.create_task(self._run())
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+            with self.state:
+                self.state.progress_text = "Cancelling…"
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        settings = RunSettings(model=self.state.model, method=self.state.method, uncertainty=self.state.uncertainty)
+        self._cancel = token = CancelToken()
+        with self.state:
+            self.state.running, self.state.progress, self.state.error = True, 0, ""
+            self.state.progress_text = "Starting…"
+        try:
+            image = self.session.input_image()
+
+            def progress(fraction: float, message: str) -> None:
+                loop.call_soon_threadsafe(self._set_progress, fraction, message)
+
+            result = await loop.run_in_executor(None, self.session.compute, image, settings, progress, token)
+            self.session.apply(result, settings.method, self.state.opacity, self.state.threshold)
+            self._render_all()
+            with self.state:
+                self.state.prediction_text = _prediction_line(result)
+                self.state.summary_text = _summary(result)
+                self.state.has_result = True
+        except XAICancelled:
+            with self.state:
+                self.state.error = "Cancelled; the previous results are unchanged."
+        except XAIError as error:
+            with self.state:
+                self.state.error = str(error)
+        except Exception as error:  # keep the server alive for every other user of the page
+            logger.exception("run failed")
+            with self.state:
+                self.state.error = f"Unexpected error: {type(error).__name__}: {error}"
+        finally:
+            self._cancel = None
+            with self.state:
+                self.state.running = False
+                self.state.progress_text = ""
+
+    def _set_progress(self, fraction: float, message: str) -> None:
+        with self.state:
+            self.state.progress = int(round(100 * fraction))
+            self.state.progress_text = message
+
+    # --- display ---
+
+    def _on_opacity(self, opacity: float, **_: Any) -> None:
+        self.session.set_opacity(float(opacity))
+        self._render_all()
+
+    def _on_threshold(self, threshold: float, **_: Any) -> None:
+        self.session.set_threshold(float(threshold))
+        self._render_all()
+
+    def _render_all(self) -> None:
+        for view in self.slicer.view_manager.get_views():
+            view.schedule_render()
+
+    def _guarded(self, action) -> None:
+        try:
+            action()
+        except XAIError as error:
+            with self.state:
+                self.state.error = str(error)
+
+
+def _mask_beside(path: str) -> Optional[str]:
+    """``case_mask.nii.gz`` next to ``case.nii.gz``, as the sample cases and ``data synth`` write them."""
+    from pathlib import Path
+
+    candidate = Path(path)
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if candidate.name.endswith(suffix):
+            mask = candidate.with_name(candidate.name[: -len(suffix)] + "_mask" + suffix)
+            return str(mask) if mask.is_file() else None
+    return None
+
+
+def _prediction_line(result) -> str:
+    prediction = result.prediction
+    line = f"{prediction['predicted_label']} — confidence {prediction['confidence']:.0%}"
+    spread = result.uncertainty_info.get("predicted_class_std")
+    if spread is not None:
+        line += f" (± {spread:.0%} across {result.uncertainty_info['samples']} samples)"
+    return line
+
+
+def _summary(result) -> str:
+    explanation = result.explanation
+    peak = ", ".join(f"{v:.0f}" for v in explanation["statistics"]["peak_ras_mm"])
+    return (f"{explanation['method_name']} of {explanation['target']['description']}. "
+            f"Strongest evidence at RAS ({peak}) mm.")

@@ -1,0 +1,62 @@
+"""``slicer-xai viewer``: start the browser viewer and print its address."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from typing import Any
+
+from XAIExplainLib.errors import XAIInputError
+
+__all__ = ["add_viewer_command"]
+
+
+def add_viewer_command(commands: Any) -> None:
+    viewer = commands.add_parser("viewer", help="open the browser viewer (default: the bundled demo case)")
+    viewer.add_argument("input", nargs="?", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder")
+    viewer.add_argument("--model", help="bundled model name or bundle folder (default: the demo case's model)")
+    viewer.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    viewer.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    viewer.add_argument("--token", help="access token required on non-local addresses (default: a new random one)")
+    viewer.set_defaults(handler=run_viewer)
+
+
+def run_viewer(args: argparse.Namespace) -> int:
+    from .security import install_token_check, is_loopback, new_token
+
+    if args.input:
+        from XAIExplainLib.imageio import read_image
+
+        read_image(args.input)  # a bad file is refused before the server starts
+    if args.model:
+        from XAIExplainLib.models import read_model_spec, resolve_model_path
+
+        read_model_spec(resolve_model_path(args.model))
+    port = args.port or _free_port(args.host)
+    _check_port_free(args.host, port)
+    from .app import XAIViewerApp
+
+    app = XAIViewerApp(case=args.input, model=args.model)
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{port}/"
+    if not is_loopback(args.host):
+        token = args.token or new_token()
+        install_token_check(app.server, token)
+        url += f"?token={token}"
+    app.ctrl.on_server_ready.add(lambda **_: print(f"SlicerXAI viewer: open {url}  (Ctrl+C to stop)", flush=True))
+    app.server.start(host=args.host, port=port, open_browser=False, show_connection_info=False)
+    return 0
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise XAIInputError(f"Cannot listen on {host}:{port} ({error.strerror}); choose another --port.") from None

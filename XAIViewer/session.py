@@ -1,0 +1,161 @@
+"""One viewer session's case and results: what the browser asks for, done on an MRML scene.
+
+Kept free of trame so that it can be tested on a bare slicer-core scene. Long work (the engine) runs
+off the main thread through :meth:`ViewerSession.compute`; everything that touches the scene runs on
+the thread that owns it (:meth:`load_case`, :meth:`apply`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from XAIExplainLib import mrml
+from XAIExplainLib.errors import XAIInputError
+from XAIExplainLib.imageio import read_image, read_mask
+from XAIExplainLib.models import LoadedModel, list_bundled_models, load_model, resources_dir
+from XAIExplainLib.pipeline import ExplanationResult, explain_image
+from XAIExplainLib.progress import CancelToken, ProgressCallback
+
+__all__ = ["RunSettings", "ViewerSession", "sample_cases", "MAX_UPLOAD_BYTES", "UPLOAD_SUFFIXES"]
+
+#: Uploads above this size are refused before they are written anywhere.
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".zip")
+
+
+@dataclass
+class RunSettings:
+    model: str
+    method: str = "gradcam"
+    uncertainty: str = "none"
+    samples: int = 8
+    target: Optional[str] = None
+    seed: int = 0
+
+
+@dataclass
+class ViewerSession:
+    """The scene of one viewer, the case loaded in it and the last result."""
+
+    scene: object
+    input_node: object = None
+    case_name: str = ""
+    result: Optional[ExplanationResult] = None
+    nodes: Optional[mrml.ExplanationNodes] = None
+    _models: dict = field(default_factory=dict)
+
+    # --- case ---
+
+    def load_case(self, path: str | os.PathLike, name: Optional[str] = None) -> object:
+        """Read and validate ``path`` (engine rules), then replace the scene's case with it."""
+        image = read_image(path)  # raises XAIInputError with one sentence for a bad file
+        self.clear()
+        self.case_name = name or _case_name(Path(path))
+        self.input_node = mrml.imageToVolumeNode(self.scene, image, self.case_name)
+        self.input_node.CreateDefaultDisplayNodes()
+        return self.input_node
+
+    def show_reference(self, mask_path: str | os.PathLike) -> None:
+        """Outline a ground-truth lesion mask of the current case (bundled sample cases have one)."""
+        mrml.showReferenceSegmentation(self.scene, self.input_node, read_mask(mask_path))
+
+    def load_upload(self, filename: str, content: bytes) -> object:
+        """Validate an uploaded file's name and size, then load it like any case."""
+        lowered = filename.lower()
+        if not lowered.endswith(UPLOAD_SUFFIXES):
+            raise XAIInputError(f"{filename}: unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD or MetaImage (.mha).")
+        if len(content) > MAX_UPLOAD_BYTES:
+            raise XAIInputError(f"{filename} is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
+        if not content:
+            raise XAIInputError(f"{filename} is empty.")
+        suffix = next(s for s in UPLOAD_SUFFIXES if lowered.endswith(s))
+        with tempfile.TemporaryDirectory(prefix="slicer-xai-upload-") as folder:
+            path = Path(folder) / f"upload{suffix}"
+            path.write_bytes(content)
+            return self.load_case(path, name=_case_name(Path(filename)))
+
+    def clear(self) -> None:
+        """Remove the case and every result node made for it."""
+        if self.input_node is not None and self.scene.IsNodePresent(self.input_node):
+            for role in ("saliency", "uncertainty", "review", "segmentation", "reference"):
+                while (node := mrml.findResultNode(self.scene, self.input_node, role)) is not None:
+                    mrml.removeResultNode(self.scene, node)
+            mrml.removeResultNode(self.scene, self.input_node)
+        self.input_node, self.result, self.nodes = None, None, None
+
+    # --- model and run ---
+
+    def model(self, name: str) -> LoadedModel:
+        if name not in self._models:
+            self._models[name] = load_model(name)
+        return self._models[name]
+
+    def input_image(self):
+        if self.input_node is None:
+            raise XAIInputError("Load a case first.")
+        return mrml.volumeNodeToImage(self.input_node)
+
+    def compute(self, image, settings: RunSettings, progress: Optional[ProgressCallback] = None,
+                cancel: Optional[CancelToken] = None) -> ExplanationResult:
+        """The engine's work; safe to run in a worker thread (touches no MRML)."""
+        return explain_image(image, self.model(settings.model), method=settings.method, target=settings.target,
+                             uncertainty=settings.uncertainty, samples=settings.samples, seed=settings.seed,
+                             progress=progress, cancel=cancel)
+
+    def apply(self, result: ExplanationResult, method: str, opacity: float, threshold: float) -> None:
+        """Show ``result`` over the case (replacing the previous run's nodes)."""
+        self.nodes = mrml.applyExplanationResult(self.scene, self.input_node, result, method,
+                                                 opacity=opacity, threshold=threshold)
+        self.result = result
+        self.jump_to(result.explanation["statistics"]["peak_ras_mm"])
+
+    def jump_to(self, ras_mm) -> None:
+        """Move every slice view through the point ``ras_mm`` (the views stay linked on it)."""
+        import slicer
+
+        r, a, s = (float(v) for v in ras_mm)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, r, a, s, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
+
+    def set_opacity(self, opacity: float) -> None:
+        if self.input_node is not None:
+            mrml.setForegroundOpacity(self.scene, self.input_node, opacity)
+
+    def set_threshold(self, threshold: float) -> None:
+        if self.nodes is not None and self.nodes.saliency is not None:
+            mrml.setSaliencyThreshold(self.nodes.saliency, threshold)
+
+
+#: Which bundled model a sample case of each kind is shown with by default.
+_DEFAULT_MODEL_FOR_KIND = {"brain-mri": "brain-lesion-classifier", "chest-ct": "chest-nodule-classifier"}
+
+
+def sample_cases() -> list[dict]:
+    """The bundled sample cases (``Resources/SampleData/samples.json``) with the model each suits."""
+    import json
+
+    folder = resources_dir() / "SampleData"
+    index = folder / "samples.json"
+    if not index.is_file():
+        return []
+    models = {m["name"] for m in list_bundled_models() if "error" not in m}
+    cases = []
+    for entry in json.loads(index.read_text(encoding="utf-8")):
+        path = folder / f"{entry['name']}.nii.gz"
+        if path.is_file():
+            model = _DEFAULT_MODEL_FOR_KIND.get(entry.get("kind", ""))
+            mask = folder / f"{entry['name']}_mask.nii.gz"
+            cases.append({"name": entry["name"], "path": str(path), "description": entry.get("description", ""),
+                          "model": model if model in models else None, "mask": str(mask) if mask.is_file() else None})
+    return cases
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".zip"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem

@@ -1,0 +1,72 @@
+"""The page: a side panel with the XAIExplain controls, and Slicer's views filling the rest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trame.ui.vuetify3 import SinglePageWithDrawerLayout
+from trame.widgets import html
+from trame.widgets import vuetify3 as v3
+
+__all__ = ["build_ui"]
+
+# The browser refuses a file over the limit before sending it; the server checks again.
+_UPLOAD_GUARD = (
+    "($event && [].concat($event)[0] && [].concat($event)[0].size > max_upload_mb * 1048576)"
+    " ? (error = 'This file is larger than ' + max_upload_mb + ' MB; it was not uploaded.')"
+    " : trigger('xai_upload', [$event])"
+)
+
+
+def build_ui(app: Any) -> SinglePageWithDrawerLayout:
+    server = app.server
+    server.controller.trigger("xai_upload")(app.on_upload)
+    with SinglePageWithDrawerLayout(server, theme=("'dark'",)) as layout:
+        layout.title.set_text("SlicerXAI — explain the model on this case")
+        layout.drawer.width = 380
+        with layout.toolbar:
+            v3.VSpacer()
+            html.Div("Research and teaching only — not for clinical use", classes="text-caption mr-4 text-grey")
+
+        with layout.drawer:
+            with v3.VContainer(classes="pa-3", fluid=True):
+                v3.VSelect(label="Sample case", items=("cases",), v_model=("case_name",), density="compact",
+                           hide_details=True, classes="mb-2", id="case-select")
+                v3.VFileInput(
+                    label="Open your own volume (NIfTI, NRRD, MHA)",
+                    accept=".nii,.gz,.nrrd,.mha",
+                    density="compact", hide_details=True, classes="mb-3", prepend_icon="mdi-upload",
+                    update_modelValue=_UPLOAD_GUARD, id="upload",
+                )
+                v3.VSelect(label="Model", items=("models",), v_model=("model",), density="compact",
+                           hide_details=True, classes="mb-2", id="model-select")
+                v3.VSelect(label="Explanation method", items=("methods",), v_model=("method",),
+                           density="compact", hide_details=True, classes="mb-2", id="method-select")
+                v3.VSelect(label="Uncertainty", items=("uncertainty_choices",), v_model=("uncertainty",),
+                           density="compact", hide_details=True, classes="mb-3", id="uncertainty-select")
+                with html.Div(classes="d-flex mb-2"):
+                    v3.VBtn("Run", color="primary", click=app.run, v_if=("!running",), block=True, id="run")
+                    v3.VBtn("Cancel", color="warning", click=app.cancel, v_if=("running",), block=True, id="cancel")
+                v3.VProgressLinear(model_value=("progress",), v_show=("running",), height=6, color="primary")
+                html.Div("{{ progress_text }}", v_show=("running",), classes="text-caption mb-2")
+                v3.VAlert(text=("error",), v_show=("error",), type="error", density="compact", classes="my-2",
+                          id="error")
+
+                with v3.VCard(v_show=("has_result",), variant="tonal", classes="my-3", id="result-card"):
+                    v3.VCardTitle("{{ prediction_text }}", classes="text-subtitle-1", id="prediction")
+                    v3.VCardText("{{ summary_text }}", id="summary")
+
+                html.Div("Green outline: the reference lesion drawn when this case was made (ground truth).",
+                         v_show=("has_reference",), classes="text-caption text-green-lighten-2 mb-2")
+                html.Div("Overlay opacity", classes="text-caption")
+                v3.VSlider(v_model=("opacity",), min=0, max=1, step=0.05, density="compact", hide_details=True,
+                           thumb_label=True, id="opacity")
+                html.Div("Hide evidence below (fraction of the strongest)", classes="text-caption")
+                v3.VSlider(v_model=("threshold",), min=0, max=0.95, step=0.05, density="compact",
+                           hide_details=True, thumb_label=True, id="threshold")
+
+        with layout.content:
+            # The views fill what the app bar and the side panel leave of the window.
+            with html.Div(style="position: relative; width: 100%; height: calc(100vh - 64px);", id="views"):
+                app.layout_manager.initialize_layout_grid(layout)
+    return layout
