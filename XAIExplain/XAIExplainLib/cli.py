@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True)
     synth.set_defaults(handler=_data_synth)
+
+    try:  # the browser viewer is installed with the project, but not inside 3D Slicer
+        from XAIViewer.cli import add_viewer_command
+    except ImportError:
+        pass
+    else:
+        add_viewer_command(commands)
     return parser
 
 
