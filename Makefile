@@ -1,16 +1,14 @@
 # The two set-up commands of the README:
-#   make demo   explain the bundled sample case with a bundled model and print where the results are
-#   make test   run the whole test suite
+#   make demo   the browser viewer on the bundled demo case and model (prints the address to open)
+#   make test   run the whole test suite (installs Debian's chromium for the browser tests if missing)
 # Both create or refresh the project's virtual environment first (.venv, torch 2.13.0 CPU first).
 
 VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.slicer-xai-installed
-DEMO_CASE  ?= Resources/SampleData/brain-lesion-case1.nii.gz
-DEMO_MODEL ?= brain-lesion-classifier
-DEMO_OUT   ?= out/demo
+PORT   ?= 8080
 
-.PHONY: demo test venv clean
+.PHONY: demo explain-demo test chromium venv clean
 
 venv: $(STAMP)
 
@@ -23,9 +21,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/slicer-xai explain $(DEMO_CASE) --model $(DEMO_MODEL) --method gradcam --uncertainty tta --out $(DEMO_OUT)
+	$(VENV)/bin/slicer-xai viewer --port $(PORT)
 
-test: $(STAMP)
+# The same case from the command line: maps and result.json in out/demo.
+explain-demo: $(STAMP)
+	$(VENV)/bin/slicer-xai explain Resources/SampleData/brain-lesion-case1.nii.gz --model brain-lesion-classifier \
+		--method gradcam --uncertainty tta --out out/demo
+
+# Browser tests drive Debian's chromium (playwright cannot download browsers here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) chromium
 	$(PYTHON) -m pytest -q
 
 clean:

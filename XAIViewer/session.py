@@ -8,6 +8,7 @@ the thread that owns it (:meth:`load_case`, :meth:`apply`).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +73,12 @@ class ViewerSession:
             raise XAIInputError(f"{filename} is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
         if not content:
             raise XAIInputError(f"{filename} is empty.")
-        suffix = next(s for s in UPLOAD_SUFFIXES if lowered.endswith(s))
+        # Only the base name, made of safe characters, is kept: it names the case and the error messages.
+        safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename).name) or "upload.nii.gz"
         with tempfile.TemporaryDirectory(prefix="slicer-xai-upload-") as folder:
-            path = Path(folder) / f"upload{suffix}"
+            path = Path(folder) / safe_name
             path.write_bytes(content)
-            return self.load_case(path, name=_case_name(Path(filename)))
+            return self.load_case(path, name=_case_name(Path(safe_name)))
 
     def clear(self) -> None:
         """Remove the case and every result node made for it."""

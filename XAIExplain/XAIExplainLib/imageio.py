@@ -71,7 +71,7 @@ def _read_volume(path: Path) -> sitk.Image:
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
-            reason = _first_line(error)
+            reason = _first_line(error).replace(f'"{path}"', path.name).replace(str(path), path.name)
     # MetaIO says "data not read completely" only on stderr and returns a half-filled image;
     # other readers' stderr lines are warnings about readable files.
     truncated_meta = path.suffix.lower() in (".mha", ".mhd") and native_messages

@@ -1,0 +1,100 @@
+"""The browser viewer as a user meets it: real server process, Debian's chromium, pixels checked."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from viewer_harness import (
+    ROOT,
+    browser,
+    free_port,
+    heat_mask,
+    open_page,
+    outline_mask,
+    quadrants,
+    viewer_process,
+    views_pixels,
+)
+
+DEMO_CASE = ROOT / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
+DEMO_MODEL = "brain-lesion-classifier"
+
+
+@pytest.fixture(scope="module")
+def viewer_url():
+    with viewer_process([str(DEMO_CASE), "--model", DEMO_MODEL, "--port", str(free_port())]) as (url, _):
+        yield url
+
+
+def _run(page, timeout_ms: int = 180_000) -> None:
+    page.click("#run")
+    page.wait_for_selector("#result-card", state="visible", timeout=timeout_ms)
+    time.sleep(2.0)  # the next rendered frames of the views
+
+
+def test_run_puts_the_heat_map_on_the_lesion(viewer_url):
+    with browser() as instance:
+        page = open_page(instance, viewer_url)
+        before = views_pixels(page)
+        assert heat_mask(before).sum() == 0, "heat colours before anything ran"
+        _run(page)
+        assert "lesion" in page.inner_text("#prediction").lower()
+        after = views_pixels(page)
+        views = quadrants(after)
+        for name in ("axial", "coronal", "sagittal"):
+            heat, outline = heat_mask(views[name]), outline_mask(views[name])
+            assert heat.sum() > 200, f"no heat overlay in the {name} view"
+            assert outline.sum() > 20, f"the reference lesion is not in the {name} slice the viewer jumped to"
+            # The strongest evidence (the hottest pixels) is at the reference lesion, not elsewhere.
+            hottest = (views[name][..., 1] > 170) & heat
+            assert hottest.sum() > 0, f"no strong evidence in the {name} view"
+            ys, xs = np.nonzero(hottest)
+            oy, ox = np.nonzero(outline)
+            distance = np.hypot(ys.mean() - oy.mean(), xs.mean() - ox.mean())
+            extent = max(np.ptp(oy), np.ptp(ox)) + 1
+            assert distance < 1.5 * extent, f"{name}: evidence {distance:.0f} px from the lesion (size {extent} px)"
+
+
+def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(viewer_url, tmp_path):
+    bad = tmp_path / "scan.nii.gz"
+    bad.write_text("not an image at all\n")
+    with browser() as instance:
+        page = open_page(instance, viewer_url)
+        page.set_input_files("#upload", str(bad))
+        page.wait_for_selector("#error", state="visible", timeout=30_000)
+        assert "Could not read scan.nii.gz" in page.inner_text("#error")
+        _run(page)  # the loaded case is still there and runs
+        assert page.inner_text("#prediction")
+
+
+def test_presenter_mode_second_browser_follows(viewer_url):
+    with browser() as instance:
+        teacher = open_page(instance, viewer_url)
+        student = open_page(instance, viewer_url)
+        _run(teacher)
+        student.wait_for_selector("#result-card", state="visible", timeout=30_000)
+        assert student.inner_text("#prediction") == teacher.inner_text("#prediction")
+
+
+def test_other_addresses_need_the_access_token():
+    port = free_port()
+    with viewer_process([str(DEMO_CASE), "--model", DEMO_MODEL, "--host", "0.0.0.0", "--port", str(port)]) as (url, _):
+        assert "token=" in url
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/")
+        assert refused.value.code == 403
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/?token=wrong")
+        assert urllib.request.urlopen(url).status == 200
+
+
+def test_a_bad_input_is_refused_before_the_server_starts(tmp_path):
+    bad = tmp_path / "empty.nii.gz"
+    bad.write_bytes(b"")
+    with pytest.raises(RuntimeError, match="Input file is empty"):
+        with viewer_process([str(bad), "--port", str(free_port())], timeout_s=60):
+            pass
