@@ -98,3 +98,15 @@ def test_a_bad_input_is_refused_before_the_server_starts(tmp_path):
     with pytest.raises(RuntimeError, match="Input file is empty"):
         with viewer_process([str(bad), "--port", str(free_port())], timeout_s=60):
             pass
+
+
+def test_per_student_mode_keeps_sessions_apart():
+    args = [str(DEMO_CASE), "--model", DEMO_MODEL, "--port", str(free_port()), "--classroom", "per-student"]
+    with viewer_process(args) as (url, _), browser() as instance:
+        first = open_page(instance, url)
+        second = open_page(instance, url)
+        assert first.url.split("/")[2] != second.url.split("/")[2], "both students were sent to the same viewer"
+        _run(first)
+        time.sleep(2.0)
+        assert not second.is_visible("#result-card"), "one student's result appeared in another's viewer"
+        assert heat_mask(views_pixels(second)).sum() == 0

@@ -18,6 +18,12 @@ def add_viewer_command(commands: Any) -> None:
     viewer.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     viewer.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     viewer.add_argument("--token", help="access token required on non-local addresses (default: a new random one)")
+    viewer.add_argument("--classroom", choices=("presenter", "per-student"), default="presenter",
+                        help="presenter: everyone connected shares one scene and follows it (default); "
+                             "per-student: each browser gets its own viewer process and scene")
+    viewer.add_argument("--max-sessions", type=int, default=40, help="per-student: most viewers at once (default 40)")
+    viewer.add_argument("--idle-timeout", type=int, default=0,
+                        help="stop after this many seconds with no browser connected (0: never)")
     viewer.set_defaults(handler=run_viewer)
 
 
@@ -34,16 +40,23 @@ def run_viewer(args: argparse.Namespace) -> int:
         read_model_spec(resolve_model_path(args.model))
     port = args.port or _free_port(args.host)
     _check_port_free(args.host, port)
+    token = None if is_loopback(args.host) else (args.token or new_token())
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{port}/"
+    url += f"?token={token}" if token else ""
+    if args.classroom == "per-student":
+        from .launcher import Launcher, run_launcher
+
+        run_launcher(Launcher(args.host, args.input, args.model, token, args.max_sessions, args.idle_timeout or 300),
+                     port, url)
+        return 0
     from .app import XAIViewerApp
 
     app = XAIViewerApp(case=args.input, model=args.model)
-    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{port}/"
-    if not is_loopback(args.host):
-        token = args.token or new_token()
+    if token:
         install_token_check(app.server, token)
-        url += f"?token={token}"
     app.ctrl.on_server_ready.add(lambda **_: print(f"SlicerXAI viewer: open {url}  (Ctrl+C to stop)", flush=True))
-    app.server.start(host=args.host, port=port, open_browser=False, show_connection_info=False)
+    app.server.start(host=args.host, port=port, open_browser=False, show_connection_info=False,
+                     timeout=args.idle_timeout)
     return 0
 
 
