@@ -75,19 +75,6 @@ follows 3D Slicer's scripted module template.
 #
 
 
-class ClinicalTask(enum.Enum):
-    TRIAGE = "triage"
-    CLASSIFICATION = "classification"
-    SEGMENTATION = "segmentation"
-
-    def label(self):
-        return {
-            ClinicalTask.TRIAGE: _("Triage / detection"),
-            ClinicalTask.CLASSIFICATION: _("Classification"),
-            ClinicalTask.SEGMENTATION: _("Segmentation"),
-        }[self]
-
-
 class Audience(enum.Enum):
     RADIOLOGIST = "radiologist"
     RESEARCHER = "researcher"
@@ -144,7 +131,8 @@ class XAIExplainParameterNode:
 
     inputVolume - the volume to explain.
     model - bundled model name, or a model bundle folder / TorchScript file.
-    clinicalTask, audience - how the result is tested and worded.
+    clinicalTask - id of a task in the clinical task catalogue (Resources/Tasks/tasks.json); empty: the
+        model's first task. audience - who reads the result (radiologist, researcher, teaching).
     method - the explanation method.
     target - class to explain (name or index); empty explains the predicted class.
     uncertaintyMethod, samples - how uncertainty is estimated and with how many samples.
@@ -154,7 +142,7 @@ class XAIExplainParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = SAMPLE_MODEL_NAME
-    clinicalTask: ClinicalTask = ClinicalTask.CLASSIFICATION
+    clinicalTask: str = ""
     audience: Audience = Audience.RADIOLOGIST
     method: ExplanationMethod = ExplanationMethod.GRADCAM
     target: str = ""
@@ -198,6 +186,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.browseModelButton.connect("clicked(bool)", self.onBrowseModel)
         self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetSelected)
+        self.ui.clinicalTaskComboBox.connect("currentIndexChanged(int)", self.onClinicalTaskSelected)
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
         self.ui.progressBar.hide()
         self.ui.statusLabel.text = ""
@@ -262,6 +251,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.currentIndex = index
         self.ui.modelComboBox.blockSignals(wasBlocked)
         self._populateTargets()
+        self._populateClinicalTasks()
 
     def _populateTargets(self) -> None:
         wasBlocked = self.ui.targetComboBox.blockSignals(True)
@@ -277,13 +267,35 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index)
             self._parameterNode.target = ""
+            self._parameterNode.clinicalTask = ""
             self._populateTargets()
+            self._populateClinicalTasks()
 
     def onBrowseModel(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Select a model bundle folder"))
         if folder and self._parameterNode:
             self._parameterNode.model = folder
             self._populateModels()
+
+    def _populateClinicalTasks(self) -> None:
+        """The catalogue's tasks the model serves (all tasks when its card names none)."""
+        wasBlocked = self.ui.clinicalTaskComboBox.blockSignals(True)
+        self.ui.clinicalTaskComboBox.clear()
+        for taskId, title in self.logic.clinicalTasks(self._parameterNode.model):
+            self.ui.clinicalTaskComboBox.addItem(title, taskId)
+        index = self.ui.clinicalTaskComboBox.findData(self._parameterNode.clinicalTask)
+        self.ui.clinicalTaskComboBox.currentIndex = max(index, 0)
+        self.ui.clinicalTaskComboBox.blockSignals(wasBlocked)
+        if index < 0 and self.ui.clinicalTaskComboBox.count:
+            self.onClinicalTaskSelected(0)
+
+    def onClinicalTaskSelected(self, index: int) -> None:
+        """A task picks its recommended explanation method (the user may still change it)."""
+        if self._parameterNode and index >= 0:
+            self._parameterNode.clinicalTask = self.ui.clinicalTaskComboBox.itemData(index) or ""
+            method = self.logic.recommendedMethod(self._parameterNode.clinicalTask)
+            if method:
+                self._parameterNode.method = ExplanationMethod(method)
 
     def onTargetSelected(self, index: int) -> None:
         if self._parameterNode and index >= 0:
@@ -348,9 +360,9 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(run.errorMessage)
         else:
             with slicer.util.tryWithErrorDisplay(_("Failed to show the results."), waitCursor=True):
-                nodes = self.logic.applyRunResults(self._parameterNode, run)
+                self.logic.applyRunResults(self._parameterNode, run)
                 self.ui.statusLabel.text = _("Done.")
-                self.ui.summaryTextBrowser.setPlainText(self.logic.summaryText(nodes, self._parameterNode.audience))
+                self.ui.summaryTextBrowser.setPlainText(self.logic.summaryText(self._parameterNode))
         self._onParameterNodeModified()
 
 
@@ -484,6 +496,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        #: The engine result last put into the scene (for the written summary).
+        self.lastResult = None
 
     def getParameterNode(self):
         return XAIExplainParameterNode(super().getParameterNode())
@@ -525,7 +539,33 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
             "title": str(metadata.get("name") or os.path.basename(bundlePath)),
             "class_names": [str(c) for c in xai.get("class_names", [])],
             "task": xai.get("task", ""),
+            "clinical_tasks": [str(t) for t in xai.get("clinical_tasks", [])],
+            "modality": xai.get("modality"),
         }
+
+    # --- clinical tasks and audiences (catalogue: Resources/Tasks/tasks.json) ---
+
+    @staticmethod
+    def clinicalTasks(model: str = "") -> list:
+        """``(id, title)`` of the catalogue's tasks that ``model`` serves (all of them when its card names
+        none). Reads JSON only, so the picker fills before the engine's dependencies are installed."""
+        from XAIExplainLib import tasks
+
+        catalogue = tasks.load_catalogue()
+        served = []
+        if model:
+            path = model if os.path.isdir(model) else os.path.join(BUNDLED_MODELS_DIR, model)
+            card = XAIExplainLogic._modelCard(path) or {}
+            served = tasks.tasks_for_model(card, catalogue)
+        return [(t.id, t.title) for t in (served or catalogue.tasks.values())]
+
+    @staticmethod
+    def recommendedMethod(taskId: str) -> str:
+        """The explanation method the task recommends first ("" for an unknown or empty task)."""
+        from XAIExplainLib import tasks
+
+        catalogue = tasks.load_catalogue()
+        return catalogue.tasks[taskId].primary_method if taskId in catalogue.tasks else ""
 
     # --- dependencies (installed on first Apply, never at import) ---
 
@@ -634,7 +674,10 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
     def applyRunResults(self, parameters, run):
         """Put a finished run's results into the scene; remove its temporary files."""
         try:
-            return self.applyResult(parameters, self.readRunResults(run))
+            outputs = self.readRunResults(run)
+            nodes = self.applyResult(parameters, outputs)
+            self.lastResult = self._engineResult(outputs)
+            return nodes
         finally:
             run.cleanup()
 
@@ -662,10 +705,11 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
                                             opacity=parameters.opacity, threshold=parameters.threshold)
         for node in (nodes.saliency, nodes.uncertainty, nodes.review, nodes.segmentation):
             if node is not None:
-                node.SetAttribute("XAI.clinicalTask", parameters.clinicalTask.value)
+                node.SetAttribute("XAI.clinicalTask", parameters.clinicalTask)
                 node.SetAttribute("XAI.audience", parameters.audience.value)
         parameters.outputSaliency = nodes.saliency
         parameters.outputUncertainty = nodes.uncertainty
+        self.lastResult = result
         return nodes
 
     def updateDisplay(self, parameters) -> None:
@@ -684,28 +728,35 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         mrml.setForegroundOpacity(saliency.GetScene(), parameters.inputVolume, parameters.opacity)
 
     @staticmethod
-    def summaryText(nodes, audience) -> str:
-        """A short written summary of the prediction for the chosen audience."""
-        prediction = json.loads(nodes.saliency.GetAttribute("XAI.prediction") or "{}")
-        label = prediction.get("predicted_label", "?")
-        confidence = float(prediction.get("confidence", float("nan")))
-        method = nodes.saliency.GetAttribute("XAI.method") or ""
-        if audience == Audience.TEACHING:
-            text = _("The model thinks this image shows: {label} ({percent:.0f} % sure). The coloured areas are "
-                     "where the image changed its answer the most.").format(label=label, percent=100 * confidence)
-        elif audience == Audience.RESEARCHER:
-            probabilities = ", ".join(f"{name}: {p:.3f}" for name, p in
-                                      zip(prediction.get("class_names", []), prediction.get("probabilities", [])))
-            text = _("Prediction: {label} (p = {confidence:.3f}; {probabilities}). Saliency: {method}; provenance "
-                     "in the result nodes' XAI.* attributes.").format(
-                label=label, confidence=confidence, probabilities=probabilities, method=method)
-        else:
-            text = _("Prediction: {label}, confidence {confidence:.2f}. Heat map: regions that drove this "
-                     "prediction ({method}).").format(label=label, confidence=confidence, method=method)
-        if nodes.review is not None:
-            text += " " + _("Cyan outlines: {count} voxels of high uncertainty to review.").format(
-                count=nodes.review.GetAttribute("XAI.reviewVoxelCount") or "0")
-        return text
+    def _engineResult(outputs):
+        """A background run's files (``mrml.ExplanationOutputs`` with its ``report``) as an engine result."""
+        from XAIExplainLib.pipeline import ExplanationResult
+
+        report = getattr(outputs, "report", {}) or {}
+        return ExplanationResult(saliency=outputs.saliency, prediction=outputs.prediction,
+                                 explanation=report.get("explanation", {}), provenance=outputs.provenance,
+                                 uncertainty=outputs.uncertainty, uncertainty_info=report.get("uncertainty", {}),
+                                 segmentation=outputs.segmentation)
+
+    def summaryText(self, parameters, result=None) -> str:
+        """The written summary of ``result`` (default: the last one shown) for ``parameters.audience``,
+        from the audience's writer and the clinical task's catalogue entry."""
+        import SimpleITK as sitk
+
+        from XAIExplainLib import mrml
+        from XAIExplainLib.audiences import EVIDENCE_TOP_PERCENT, build_case_facts, get_audience
+        from XAIExplainLib.models import read_model_spec, resolve_model_path
+        from XAIExplainLib.tasks import get_task
+
+        result = result or self.lastResult
+        if result is None:
+            return ""
+        spec = read_model_spec(resolve_model_path(parameters.model))
+        taskId = parameters.clinicalTask or (spec.clinical_tasks[0] if spec.clinical_tasks else "")
+        image = mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32)
+        method = result.explanation.get("method", parameters.method.value)
+        facts = build_case_facts(image, {method: result}, get_task(taskId), spec, EVIDENCE_TOP_PERCENT)
+        return get_audience(parameters.audience.value).write(facts).as_text()
 
 
 #
@@ -747,6 +798,7 @@ class XAIExplainTest(ScriptedLoadableModuleTest):
         self.assertTrue(nodes.saliency.GetAttribute("XAI.modelSha256"))
         composite = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
         self.assertEqual(composite.GetForegroundVolumeID(), nodes.saliency.GetID())
+        self.assertIn(nodes.saliency.GetAttribute("XAI.predictedLabel"), logic.summaryText(parameters))
         numberOfNodes = slicer.mrmlScene.GetNumberOfNodes()
         logic.explain(parameters)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), numberOfNodes)
