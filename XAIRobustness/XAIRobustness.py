@@ -50,7 +50,7 @@ Developed by the SlicerXAI contributors; builds on the XAI Explain module.
 
 class Perturbation(enum.Enum):
     GAUSSIAN_NOISE = "gaussian-noise"
-    GAUSSIAN_BLUR = "gaussian-blur"
+    GAUSSIAN_BLUR = "blur"
     CONTRAST = "contrast"
     BIAS_FIELD = "bias-field"
     GHOSTING = "ghosting"
@@ -239,8 +239,9 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class XAIRobustnessLogic(ScriptedLoadableModuleLogic):
-    """Perturbation sweeps on the open case. Computation: the engine's robustness sweep
-    (``XAIRobustnessLib.sweep``); scene work: ``XAIRobustnessLib.sweepNodes`` and ``XAIExplainLib.mrml``."""
+    """Perturbation sweeps, randomisation sanity checks and deletion / insertion tests on the open case.
+    Computation: ``XAIRobustnessLib.sweep``, ``.sanity``, ``.faithfulness``; scene work:
+    ``XAIRobustnessLib.sweepNodes`` and ``XAIExplainLib.mrml``."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -279,6 +280,41 @@ class XAIRobustnessLogic(ScriptedLoadableModuleLogic):
         parameters.outputTable = tableNode
         parameters.outputPerturbed = perturbedNode
         return tableNode
+
+    def runSanity(self, parameters, methods=None, seed: int = 0, progress=None, cancel=None):
+        """Model-parameter randomisation check (Adebayo et al. 2018) of ``methods`` (default: the chosen
+        method) on the input; a table and a chart of the similarity curves. Returns ``(results, tableNode)``:
+        ``results[method].passed`` and ``.verdict`` say whether the explanation depends on the model."""
+        from XAIRobustnessLib.sanity import sanity_checks
+        from XAIRobustnessLib.sweepNodes import showSanity
+
+        image, model = self._imageAndModel(parameters)
+        results = sanity_checks(image, model, list(methods or [parameters.method.value]), seed=seed,
+                                progress=progress, cancel=cancel)
+        tableNode, _chartNode = showSanity(parameters.inputVolume.GetScene(), parameters.inputVolume, results)
+        return results, tableNode
+
+    def runFaithfulness(self, parameters, steps: int = 20, seed: int = 0, progress=None, cancel=None):
+        """Deletion / insertion curves (Petsiuk et al. 2018) of the chosen method against random orderings;
+        a table and a chart. Returns ``(result, tableNode)``."""
+        from XAIRobustnessLib.faithfulness import faithfulness_test
+        from XAIRobustnessLib.sweepNodes import showFaithfulness
+
+        image, model = self._imageAndModel(parameters)
+        result = faithfulness_test(image, model, parameters.method.value, steps=steps, seed=seed,
+                                   progress=progress, cancel=cancel)
+        tableNode, _chartNode = showFaithfulness(parameters.inputVolume.GetScene(), parameters.inputVolume, result)
+        return result, tableNode
+
+    def _imageAndModel(self, parameters):
+        import SimpleITK as sitk
+
+        from XAIExplainLib import mrml
+        from XAIExplainLib.models import load_model
+
+        if parameters.inputVolume is None:
+            raise ValueError(_("Select an input volume."))
+        return mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32), load_model(parameters.model)
 
 
 #

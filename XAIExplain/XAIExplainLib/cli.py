@@ -1,6 +1,6 @@
 """``slicer-xai``: the engine from a command line.
 
-Subcommands: ``explain``, ``models list``, ``models show``, ``data synth``. Bad input gets one line on
+Subcommands: ``explain``, ``report``, ``models list``, ``models show``, ``data synth``. Bad input gets one line on
 stderr and exit code 2, never a traceback, and nothing is left in the output folder.
 """
 
@@ -113,12 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True)
     synth.set_defaults(handler=_data_synth)
 
+    report = commands.add_parser("report", help="a self-contained HTML report of one case for one audience")
+    report.add_argument("input", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder")
+    report.add_argument("--model", required=True, help="bundled model name, bundle folder or TorchScript file")
+    report.add_argument("--task", help="clinical task id (default: the model's first clinical task)")
+    report.add_argument("--audience", default="radiologist", help="radiologist, researcher or teaching")
+    report.add_argument("--mask", help="lesion mask to outline on the key slices (and to score the evidence)")
+    report.add_argument("--robustness", metavar="PATH",
+                        help="JSON file or folder written by slicer-xai robustness / sanity for this case")
+    report.add_argument("--method", action="append", default=[], choices=_METHOD_CHOICES, dest="methods",
+                        help="explanation method(s) to show instead of the audience's default (repeatable)")
+    report.add_argument("--uncertainty", choices=("none", "mc-dropout", "tta"),
+                        help="uncertainty method (default: the one the task recommends)")
+    report.add_argument("--samples", type=int, default=8, help="MC-dropout / TTA samples (default 8)")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--trust-bundle", action="store_true",
+                        help="allow the bundle's config to run Python code (only for bundles you trust)")
+    report.add_argument("--out", required=True, help="output HTML file")
+    report.set_defaults(handler=_report)
+
     try:  # the browser viewer is installed with the project, but not inside 3D Slicer
         from XAIViewer.cli import add_viewer_command
     except ImportError:
         pass
     else:
         add_viewer_command(commands)
+    from XAIRobustnessLib.commands import add_robustness_commands
+
+    add_robustness_commands(commands)  # robustness, sanity, faithfulness (XAIRobustness)
     return parser
 
 
@@ -256,6 +278,43 @@ def _models_show(args: argparse.Namespace) -> int:
                 print(f"  {sub_key}: {json.dumps(sub_value) if not isinstance(sub_value, str) else sub_value}")
         else:
             print(f"{key}: {', '.join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .audiences import get_audience, read_trust_evidence
+    from .imageio import read_image
+    from .models import load_model
+    from .report import build_report, write_report
+    from .tasks import get_task
+
+    out = Path(args.out)
+    if out.is_dir() or out.suffix.lower() not in (".html", ".htm"):
+        raise XAIInputError(f"--out {out} must be an .html file.")
+    if args.samples < 2:
+        raise XAIInputError("--samples must be at least 2.")
+    get_audience(args.audience)
+    task = get_task(args.task) if args.task else None
+    trust = read_trust_evidence(args.robustness)
+    image = read_image(args.input)
+    mask = read_image(args.mask) if args.mask else None
+    model = load_model(args.model, trust_bundle=args.trust_bundle)
+    if task is None:
+        if not model.spec.clinical_tasks:
+            raise XAIInputError(f"Model {model.model_id} lists no clinical task: give one with --task.")
+        task = get_task(model.spec.clinical_tasks[0])
+    printer = ProgressPrinter()
+    try:
+        report = build_report(image, model, task, args.audience, lesion=mask, trust=trust, uncertainty=args.uncertainty,
+                              samples=args.samples, methods=args.methods or None, seed=args.seed,
+                              input_name=Path(args.input).name, progress=printer)
+    finally:
+        printer.close()
+    path = write_report(report.html, out)
+    print(report.writeup.headline)
+    if report.writeup.review:
+        print("Review recommended: " + " ".join(report.facts.review_reasons))
+    print(f"Report ({report.audience.title}) in {path}")
     return 0
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from XAIExplainLib import mrml
 
-__all__ = ["sweepColumns", "showSweep", "showPerturbedCase"]
+__all__ = ["sweepColumns", "showSweep", "showPerturbedCase", "showSanity", "showFaithfulness"]
 
 
 def sweepColumns(rows: list) -> dict:
@@ -61,3 +61,37 @@ def showPerturbedCase(scene, inputNode, perturbation: str, perturbedImage, resul
     mrml.placeBesideInput(scene, inputNode, perturbedNode)
     nodes = mrml.applyExplanationResult(scene, perturbedNode, result, method, opacity=opacity, threshold=threshold)
     return perturbedNode, nodes
+
+
+def showSanity(scene, inputNode, results: dict):
+    """Randomisation curves (``XAIRobustnessLib.sanity`` results by method): similarity to the original
+    map per step, one series per method; pass / fail as table attributes. Refilled on re-runs."""
+    first = next(iter(results.values()))
+    columns = {"step": [float(step["step"]) for step in first.steps],
+               "randomised": [step["randomised"] for step in first.steps]}
+    for method, result in results.items():
+        columns[f"{method} spearman"] = [float(step["spearman"]) for step in result.steps]
+    plotted = [name for name in columns if name.endswith(" spearman")]
+    tableNode, chartNode = mrml.showCurves(
+        scene, f"{inputNode.GetID()} sanity", columns, "step", plotted,
+        title=f"{inputNode.GetName()} randomisation check", xAxisTitle="layers randomised, from the output side",
+        yAxisTitle="Spearman with the original map",
+    )
+    tableNode.SetNodeReferenceID(mrml.results.SOURCE_REFERENCE, inputNode.GetID())
+    for method, result in results.items():
+        tableNode.SetAttribute(f"XAI.sanity.{method}", "pass" if result.passed else "fail")
+        tableNode.SetAttribute(f"XAI.sanity.{method}.verdict", result.verdict)
+    return tableNode, chartNode
+
+
+def showFaithfulness(scene, inputNode, result):
+    """Deletion and insertion curves (``XAIRobustnessLib.faithfulness`` result) against random orderings."""
+    tableNode, chartNode = mrml.showCurves(
+        scene, f"{inputNode.GetID()} faithfulness {result.method}", result.curve_columns(), "fraction",
+        title=f"{inputNode.GetName()} {result.method} deletion / insertion", xAxisTitle="fraction of voxels changed",
+        yAxisTitle="probability of the explained target",
+    )
+    tableNode.SetNodeReferenceID(mrml.results.SOURCE_REFERENCE, inputNode.GetID())
+    tableNode.SetAttribute("XAI.faithfulness", "pass" if result.passed else "fail")
+    tableNode.SetAttribute("XAI.faithfulness.verdict", result.verdict)
+    return tableNode, chartNode

@@ -1,0 +1,132 @@
+"""The unperturbed case every robustness test compares against, and the batched model runs they share.
+
+A test (sweep, sanity check, faithfulness) starts from the same reference: the input prepared on the
+model grid (:func:`XAIExplainLib.pipeline.prepare_case`), the model's prediction, the *target* that is
+explained — fixed once from the unperturbed prediction, so every perturbed or randomised run explains
+the same class / region — the explanation itself, and the anatomy mask maps are compared inside.
+Everything here works on the model grid; maps go back to the input grid only when shown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from XAIExplainLib.errors import XAIInputError
+from XAIExplainLib.explainers import EXPLAINERS, Explainer, make_explainer
+from XAIExplainLib.models import LoadedModel
+from XAIExplainLib.pipeline import PreparedCase, _method_params, _resolve_target, predict_probabilities, prepare_case
+from XAIExplainLib.preprocessing import to_model_grid
+from XAIExplainLib.progress import Stage
+from XAIExplainLib.targets import Target
+
+from .perturbations import ImageStats, image_stats
+
+__all__ = ["Reference", "explain_reference", "chunk_size", "target_probability", "normalised_entropy",
+           "run_batched"]
+
+#: Bytes of activations and gradients per input voxel assumed when sizing batches (float32, a small
+#: 3-D CNN keeps roughly 16 feature maps' worth of activations plus their gradients per input voxel).
+_BYTES_PER_VOXEL = 4 * 32
+#: Batches larger than this bring nothing on a few CPU cores and make progress and Cancel sluggish.
+MAX_CHUNK = 8
+
+
+@dataclass
+class Reference:
+    """The unperturbed case through the model and the explainer, on the model grid."""
+
+    image: sitk.Image
+    stats: ImageStats  # intensity landmarks of the input image (perturbations reuse them)
+    case: PreparedCase
+    probabilities: torch.Tensor  # [K] or [K, *spatial]
+    target: Target
+    explainer: Explainer
+    method: str
+    saliency: torch.Tensor  # [*spatial]
+    anatomy: torch.Tensor  # bool [*spatial]: where maps are compared and voxels deleted / inserted
+    chunk: int  # cases per batched forward / backward pass
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.probabilities.dim() > 1
+
+    def predicted_mask(self) -> Optional[torch.Tensor]:
+        return self.probabilities.argmax(dim=0) if self.is_segmentation else None
+
+
+def chunk_size(voxels: int, memory_budget_mb: float) -> int:
+    """How many cases go through the network at once within ``memory_budget_mb``."""
+    return int(max(1, min(MAX_CHUNK, memory_budget_mb * 2 ** 20 // max(voxels * _BYTES_PER_VOXEL, 1))))
+
+
+def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "gradcam", seed: int = 0,
+                      method_params: Optional[dict[str, Any]] = None, memory_budget_mb: float = 2048,
+                      stage: Optional[Stage] = None) -> Reference:
+    """Prepare, predict and explain the unperturbed ``image`` (same seed, same result)."""
+    if method not in EXPLAINERS:
+        raise XAIInputError(f"Unknown explanation method '{method}'; choose one of {', '.join(EXPLAINERS)}.")
+    if memory_budget_mb <= 0:
+        raise XAIInputError("The memory budget must be positive.")
+    stage = stage or Stage(None, None)
+    torch.manual_seed(seed)
+    stage.report(0.0, "preparing the image")
+    case = prepare_case(image, model)
+    chunk = chunk_size(int(np.prod(case.inputs.shape[2:])), memory_budget_mb)
+    with torch.no_grad():
+        probabilities = predict_probabilities(model, case.inputs)
+    target = _resolve_target(model, case, probabilities, None, None)
+    params = {"internal_batch_size": chunk, **_method_params(method, seed, method_params)}
+    explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **params)
+    stage.report(0.3, "explaining the unperturbed case")
+    saliency = explainer.attribute(case.inputs, target.fn, stage.sub(0.3, 1.0))[0, 0]
+    stats = image_stats(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)))
+    return Reference(image=image, stats=stats, case=case, probabilities=probabilities[0], target=target,
+                     explainer=explainer, method=method, saliency=saliency.detach(),
+                     anatomy=_anatomy_on_grid(image, stats, case.grid), chunk=chunk)
+
+
+def _anatomy_on_grid(image: sitk.Image, stats: ImageStats, grid: sitk.Image) -> torch.Tensor:
+    """The image's foreground (see :func:`~.perturbations.image_stats`) on the model grid."""
+    foreground = sitk.GetImageFromArray(stats.foreground.astype(np.float32))
+    foreground.CopyInformation(image)
+    mask = torch.from_numpy(to_model_grid(foreground, grid) > 0.5)
+    return mask if mask.any() else torch.ones_like(mask)
+
+
+def run_batched(model: LoadedModel, reference: Reference, inputs: torch.Tensor,
+                explain: bool = True, explainer: Optional[Explainer] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Probabilities ``[B, K(, *spatial)]`` and (if ``explain``) maps ``[B, *spatial]`` for a batch."""
+    with torch.no_grad():
+        probabilities = predict_probabilities(model, inputs)
+    if not explain:
+        return probabilities, None
+    maps = (explainer or reference.explainer).attribute(inputs, reference.target.fn)[:, 0]
+    return probabilities, maps.detach()
+
+
+def target_probability(reference: Reference, probabilities: torch.Tensor) -> torch.Tensor:
+    """Per case ``[B]``: the explained class's probability (segmentation: its mean over the explained region)."""
+    index = reference.target.class_index
+    if probabilities.dim() == 2:
+        return probabilities[:, index]
+    region = reference.probabilities.argmax(dim=0) == index
+    if not region.any():
+        region = torch.ones_like(region)
+    return probabilities[:, index][:, region].mean(dim=1)
+
+
+def normalised_entropy(probabilities: torch.Tensor, region: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Predictive entropy / log K per case ``[B]`` (0 = certain, 1 = uniform); mean over ``region`` for maps."""
+    k = probabilities.shape[1]
+    entropy = -(probabilities * probabilities.clamp(min=1e-12).log()).sum(dim=1) / math.log(max(k, 2))
+    if entropy.dim() == 1:
+        return entropy
+    if region is None or not region.any():
+        return entropy.reshape(entropy.shape[0], -1).mean(dim=1)
+    return entropy[:, region].mean(dim=1)
