@@ -375,3 +375,19 @@ def test_sweep_table_and_perturbed_case(scene, inputNode):
     sweepNodes.showPerturbedCase(scene, inputNode, "gaussian-noise", perturbed,
                                  FakeResult(perturbed, uncertainty=False), "gradcam")
     assert scene.GetNumberOfNodes() == before
+
+
+def test_signed_maps_show_only_evidence_for_the_target(scene, inputNode):
+    """Occlusion and IG are signed: negative values (evidence against) must stay transparent."""
+    result = FakeResult(mrml.volumeNodeToImage(inputNode), uncertainty=False)
+    array = sitk.GetArrayFromImage(result.saliency) - 0.5  # about half the voxels are negative
+    signed = sitk.GetImageFromArray(array.astype(np.float32))
+    signed.CopyInformation(result.saliency)
+    result.saliency = signed
+    nodes = mrml.applyExplanationResult(scene, inputNode, result, "occlusion", threshold=0.0)
+    display = nodes.saliency.GetDisplayNode()
+    assert display.GetApplyThreshold()
+    assert display.GetLowerThreshold() >= 0.0
+    assert display.GetWindowLevelMin() >= 0.0
+    mrml.setSaliencyThreshold(nodes.saliency, 0.5)
+    assert display.GetLowerThreshold() == pytest.approx(0.5 * float(array.max()), rel=1e-5)

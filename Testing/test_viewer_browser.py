@@ -71,6 +71,30 @@ def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(viewer_url, tmp_p
         assert page.inner_text("#prediction")
 
 
+def _choose(page, select_id: str, option: str) -> None:
+    page.locator(f"#{select_id}").click(force=True)  # vuetify's field overlays the input
+    page.get_by_role("option", name=option).click()
+
+
+def test_switching_audience_rewrites_the_summary(viewer_url):
+    with browser() as instance:
+        page = open_page(instance, viewer_url)
+        _run(page)
+        _choose(page, "audience-select", "Radiologist")
+        time.sleep(1.0)
+        radiologist = page.inner_text("#result-card")
+        _choose(page, "audience-select", "Teaching / patient")
+        page.wait_for_function("document.querySelector('#result-card').innerText.includes('A doctor decides')",
+                               timeout=15_000)
+        teaching = page.inner_text("#result-card")
+        assert teaching != radiologist
+        assert "RAS" in radiologist and "RAS" not in teaching  # coordinates for the radiologist only
+        _choose(page, "audience-select", "Researcher")
+        page.wait_for_function("!document.querySelector('#result-card').innerText.includes('A doctor decides')",
+                               timeout=15_000)
+        assert page.inner_text("#result-card") not in (radiologist, teaching)
+
+
 def test_presenter_mode_second_browser_follows(viewer_url):
     with browser() as instance:
         teacher = open_page(instance, viewer_url)

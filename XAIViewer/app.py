@@ -16,7 +16,9 @@ from trame_slicer.rca_view import register_rca_factories
 
 from XAIExplainLib.errors import XAICancelled, XAIError
 from XAIExplainLib.explainers import EXPLAINERS
-from XAIExplainLib.models import list_bundled_models
+from XAIExplainLib.audiences import AUDIENCES
+from XAIExplainLib.models import list_bundled_models, read_model_spec, resolve_model_path
+from XAIExplainLib.tasks import load_catalogue, methods_for_task, models_for_task
 from XAIExplainLib.progress import CancelToken
 
 from .session import MAX_UPLOAD_BYTES, RunSettings, ViewerSession, sample_cases
@@ -57,6 +59,8 @@ class XAIViewerApp:
         self.state.change("opacity")(self._on_opacity)
         self.state.change("threshold")(self._on_threshold)
         self.state.change("case_name")(self._on_case_selected)
+        self.state.change("task")(self._on_task)
+        self.state.change("audience")(self._show_summary)
 
     # --- state ---
 
@@ -84,9 +88,23 @@ class XAIViewerApp:
             "max_upload_mb": MAX_UPLOAD_BYTES // 2**20,
             "has_result": False,
             "has_reference": False,
+            "review": False,
+            "tasks": [{"title": t.title, "value": t.id} for t in load_catalogue().tasks.values()],
+            "task": None,
+            "audiences": [{"title": a.title, "value": key} for key, a in AUDIENCES.items()],
+            "audience": "radiologist",
         })
 
+    def _default_task(self) -> Optional[str]:
+        try:
+            tasks = read_model_spec(resolve_model_path(self.state.model)).clinical_tasks
+        except XAIError:
+            return None
+        return tasks[0] if tasks else None
+
     def _on_ready(self, **_: Any) -> None:
+        with self.state:
+            self.state.task = self._default_task()
         cases = {c["name"]: c for c in sample_cases()}
         if self._initial_case:
             self.load_path(self._initial_case, _mask_beside(self._initial_case))
@@ -152,7 +170,8 @@ class XAIViewerApp:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        settings = RunSettings(model=self.state.model, method=self.state.method, uncertainty=self.state.uncertainty)
+        settings = RunSettings(model=self.state.model, method=self.state.method, uncertainty=self.state.uncertainty,
+                               task=self.state.task)
         self._cancel = token = CancelToken()
         with self.state:
             self.state.running, self.state.progress, self.state.error = True, 0, ""
@@ -163,12 +182,11 @@ class XAIViewerApp:
             def progress(fraction: float, message: str) -> None:
                 loop.call_soon_threadsafe(self._set_progress, fraction, message)
 
-            result = await loop.run_in_executor(None, self.session.compute, image, settings, progress, token)
-            self.session.apply(result, settings.method, self.state.opacity, self.state.threshold)
+            result, facts = await loop.run_in_executor(None, self.session.compute, image, settings, progress, token)
+            self.session.apply(result, facts, settings.method, self.state.opacity, self.state.threshold)
             self._render_all()
             with self.state:
-                self.state.prediction_text = _prediction_line(result)
-                self.state.summary_text = _summary(result)
+                self._show_summary(self.state.audience)
                 self.state.has_result = True
         except XAICancelled:
             with self.state:
@@ -185,6 +203,25 @@ class XAIViewerApp:
             with self.state:
                 self.state.running = False
                 self.state.progress_text = ""
+
+    def _show_summary(self, audience: str, **_: Any) -> None:
+        """The result in the words of ``audience`` (re-written, not re-computed, when it changes)."""
+        headline, text, review = self.session.summary(audience)
+        if not headline and self.session.result is not None:
+            headline, text = _prediction_line(self.session.result), ""
+        self.state.prediction_text, self.state.summary_text, self.state.review = headline, text, review
+
+    def _on_task(self, task: Optional[str], **_: Any) -> None:
+        """A task filters the models and methods offered, and picks its recommended method."""
+        if not task:
+            return
+        models = [m for m in models_for_task(task)]
+        self.state.models = [{"title": m.get("title", m["name"]), "value": m["name"]} for m in models]
+        if models and self.state.model not in [m["name"] for m in models]:
+            self.state.model = models[0]["name"]
+        methods = methods_for_task(task, next((m for m in models if m["name"] == self.state.model), None))
+        self.state.methods = [{"title": EXPLAINERS[k].title, "value": k} for k in methods]
+        self.state.method = methods[0] if methods else self.state.method
 
     def _set_progress(self, fraction: float, message: str) -> None:
         with self.state:
@@ -232,10 +269,3 @@ def _prediction_line(result) -> str:
     if spread is not None:
         line += f" (± {spread:.0%} across {result.uncertainty_info['samples']} samples)"
     return line
-
-
-def _summary(result) -> str:
-    explanation = result.explanation
-    peak = ", ".join(f"{v:.0f}" for v in explanation["statistics"]["peak_ras_mm"])
-    return (f"{explanation['method_name']} of {explanation['target']['description']}. "
-            f"Strongest evidence at RAS ({peak}) mm.")

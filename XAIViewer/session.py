@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 from XAIExplainLib import mrml
+from XAIExplainLib.audiences import EVIDENCE_TOP_PERCENT, CaseFacts, build_case_facts, get_audience
 from XAIExplainLib.errors import XAIInputError
 from XAIExplainLib.imageio import read_image, read_mask
 from XAIExplainLib.models import LoadedModel, list_bundled_models, load_model, resources_dir
 from XAIExplainLib.pipeline import ExplanationResult, explain_image
 from XAIExplainLib.progress import CancelToken, ProgressCallback
+from XAIExplainLib.tasks import get_task
 
 __all__ = ["RunSettings", "ViewerSession", "sample_cases", "MAX_UPLOAD_BYTES", "UPLOAD_SUFFIXES"]
 
@@ -34,6 +36,7 @@ class RunSettings:
     method: str = "gradcam"
     uncertainty: str = "none"
     samples: int = 8
+    task: Optional[str] = None
     target: Optional[str] = None
     seed: int = 0
 
@@ -46,6 +49,8 @@ class ViewerSession:
     input_node: object = None
     case_name: str = ""
     result: Optional[ExplanationResult] = None
+    facts: Optional[CaseFacts] = None
+    reference_mask: object = None
     nodes: Optional[mrml.ExplanationNodes] = None
     _models: dict = field(default_factory=dict)
 
@@ -62,7 +67,8 @@ class ViewerSession:
 
     def show_reference(self, mask_path: str | os.PathLike) -> None:
         """Outline a ground-truth lesion mask of the current case (bundled sample cases have one)."""
-        mrml.showReferenceSegmentation(self.scene, self.input_node, read_mask(mask_path))
+        self.reference_mask = read_mask(mask_path)
+        mrml.showReferenceSegmentation(self.scene, self.input_node, self.reference_mask)
 
     def load_upload(self, filename: str, content: bytes) -> object:
         """Validate an uploaded file's name and size, then load it like any case."""
@@ -87,7 +93,7 @@ class ViewerSession:
                 while (node := mrml.findResultNode(self.scene, self.input_node, role)) is not None:
                     mrml.removeResultNode(self.scene, node)
             mrml.removeResultNode(self.scene, self.input_node)
-        self.input_node, self.result, self.nodes = None, None, None
+        self.input_node, self.result, self.nodes, self.facts, self.reference_mask = None, None, None, None, None
 
     # --- model and run ---
 
@@ -102,17 +108,23 @@ class ViewerSession:
         return mrml.volumeNodeToImage(self.input_node)
 
     def compute(self, image, settings: RunSettings, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelToken] = None) -> ExplanationResult:
-        """The engine's work; safe to run in a worker thread (touches no MRML)."""
-        return explain_image(image, self.model(settings.model), method=settings.method, target=settings.target,
-                             uncertainty=settings.uncertainty, samples=settings.samples, seed=settings.seed,
-                             progress=progress, cancel=cancel)
+                cancel: Optional[CancelToken] = None) -> tuple[ExplanationResult, CaseFacts]:
+        """The engine's work and the facts the audience writers word; safe in a worker thread (no MRML)."""
+        model = self.model(settings.model)
+        result = explain_image(image, model, method=settings.method, target=settings.target,
+                               uncertainty=settings.uncertainty, samples=settings.samples, seed=settings.seed,
+                               progress=progress, cancel=cancel)
+        task = get_task(settings.task or model.spec.clinical_tasks[0]) if (settings.task or model.spec.clinical_tasks) else None
+        facts = build_case_facts(image, {settings.method: result}, task, model.spec, EVIDENCE_TOP_PERCENT,
+                                 lesion=self.reference_mask) if task else None
+        return result, facts
 
-    def apply(self, result: ExplanationResult, method: str, opacity: float, threshold: float) -> None:
+    def apply(self, result: ExplanationResult, facts: Optional[CaseFacts], method: str, opacity: float,
+              threshold: float) -> None:
         """Show ``result`` over the case (replacing the previous run's nodes)."""
         self.nodes = mrml.applyExplanationResult(self.scene, self.input_node, result, method,
                                                  opacity=opacity, threshold=threshold)
-        self.result = result
+        self.result, self.facts = result, facts
         self.jump_to(result.explanation["statistics"]["peak_ras_mm"])
 
     def jump_to(self, ras_mm) -> None:
@@ -121,6 +133,14 @@ class ViewerSession:
 
         r, a, s = (float(v) for v in ras_mm)
         slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, r, a, s, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
+
+    def summary(self, audience: str) -> tuple[str, str, bool]:
+        """(headline, text, review flag) of the last result, written for ``audience``."""
+        if self.facts is None:
+            return "", "", False
+        writeup = get_audience(audience).write(self.facts)
+        body = writeup.as_text().split("\n", 1)
+        return writeup.headline, body[1].strip() if len(body) > 1 else "", writeup.review
 
     def set_opacity(self, opacity: float) -> None:
         if self.input_node is not None:

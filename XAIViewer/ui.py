@@ -38,12 +38,16 @@ def build_ui(app: Any) -> SinglePageWithDrawerLayout:
                     density="compact", hide_details=True, classes="mb-3", prepend_icon="mdi-upload",
                     update_modelValue=_UPLOAD_GUARD, id="upload",
                 )
+                v3.VSelect(label="Clinical task", items=("tasks",), v_model=("task",), density="compact",
+                           hide_details=True, classes="mb-2", id="task-select")
                 v3.VSelect(label="Model", items=("models",), v_model=("model",), density="compact",
                            hide_details=True, classes="mb-2", id="model-select")
                 v3.VSelect(label="Explanation method", items=("methods",), v_model=("method",),
                            density="compact", hide_details=True, classes="mb-2", id="method-select")
                 v3.VSelect(label="Uncertainty", items=("uncertainty_choices",), v_model=("uncertainty",),
-                           density="compact", hide_details=True, classes="mb-3", id="uncertainty-select")
+                           density="compact", hide_details=True, classes="mb-2", id="uncertainty-select")
+                v3.VSelect(label="Written for", items=("audiences",), v_model=("audience",),
+                           density="compact", hide_details=True, classes="mb-3", id="audience-select")
                 with html.Div(classes="d-flex mb-2"):
                     v3.VBtn("Run", color="primary", click=app.run, v_if=("!running",), block=True, id="run")
                     v3.VBtn("Cancel", color="warning", click=app.cancel, v_if=("running",), block=True, id="cancel")
@@ -53,8 +57,10 @@ def build_ui(app: Any) -> SinglePageWithDrawerLayout:
                           id="error")
 
                 with v3.VCard(v_show=("has_result",), variant="tonal", classes="my-3", id="result-card"):
-                    v3.VCardTitle("{{ prediction_text }}", classes="text-subtitle-1", id="prediction")
-                    v3.VCardText("{{ summary_text }}", id="summary")
+                    v3.VCardTitle("{{ prediction_text }}", classes="text-subtitle-1 text-wrap", id="prediction")
+                    v3.VChip("Review recommended", v_show=("review",), color="warning", size="small", classes="ml-4",
+                             id="review-flag")
+                    v3.VCardText("{{ summary_text }}", id="summary", style="white-space: pre-line;")
 
                 html.Div("Green outline: the reference lesion drawn when this case was made (ground truth).",
                          v_show=("has_reference",), classes="text-caption text-green-lighten-2 mb-2")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AudiencePreset", "EVIDENCE_TOP_PERCENT", "RADIOLOGIST", "RESEARCHER", "TEACHING"]
+__all__ = ["AudiencePreset", "EVIDENCE_TOP_PERCENT", "RADIOLOGIST", "RESEARCHER", "TEACHING", "LESION_OUTLINE"]
+
+#: The reference (ground-truth) lesion is outlined in this colour on every front end — reports, the
+#: Slicer scene, the viewer — and the teaching text names it, so the words match the pictures.
+LESION_OUTLINE = {"name": "green", "rgb": (0.25, 0.88, 0.38)}
 
 
 @dataclass(frozen=True)

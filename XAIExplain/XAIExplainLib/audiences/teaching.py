@@ -7,7 +7,7 @@ Written to read at school-grade 8 or below (Flesch-Kincaid), which the tests mea
 from __future__ import annotations
 
 from .facts import CaseFacts
-from .presets import TEACHING
+from .presets import LESION_OUTLINE, TEACHING
 from .writeup import Section, Writeup
 
 __all__ = ["write_teaching", "size_comparison"]
@@ -65,7 +65,7 @@ def _patch(facts: CaseFacts) -> list[str]:
              f"Here it is {_where(facts.location, part)}."]
     region = facts.main.region
     if region.peak_in_lesion is not None:
-        lines.append(f"The blue line shows where the {finding} really is.")
+        lines.append(f"The {LESION_OUTLINE['name']} line shows where the {finding} really is.")
         lines.append("The patch lands on it." if region.peak_in_lesion else
                      "The patch misses it. So the program may have used the wrong clue.")
     lines += [f"The patch is not a picture of the {finding}. It shows where the program looked.",

@@ -31,8 +31,14 @@ def configureSaliencyDisplay(saliencyNode, threshold: float) -> None:
 
 
 def setSaliencyThreshold(saliencyNode, threshold: float) -> None:
-    """Hide saliency below ``threshold`` of its range; the colours span the visible part only."""
+    """Hide saliency below ``threshold`` of its range; the colours span the visible part only.
+
+    The heat map shows evidence *for* the target: for signed maps (Integrated Gradients, occlusion)
+    the range starts at zero, so negative values (evidence against) stay transparent.
+    """
     low, high = _range(saliencyNode)
+    if high > 0:
+        low = max(low, 0.0)
     threshold = min(max(float(threshold), 0.0), 1.0)
     lower = low + threshold * (high - low)
     displayNode = _displayNode(saliencyNode)

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 import slicer
 
+from ..audiences.presets import LESION_OUTLINE
 from .colors import REVIEW_LABEL
 from .display import (
     configureReviewDisplay,
@@ -217,7 +218,7 @@ def showReferenceSegmentation(scene, inputNode, maskImage: sitk.Image, name: str
     display.SetSliceIntersectionThickness(2)
     segment = node.GetSegmentation().GetNthSegment(0) if node.GetSegmentation().GetNumberOfSegments() else None
     if segment is not None:
-        segment.SetColor(0.2, 0.9, 0.3)
+        segment.SetColor(*LESION_OUTLINE["rgb"])
     return node
 
 

@@ -18,14 +18,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.colors import ListedColormap, to_hex  # noqa: E402
+
+from ..audiences.presets import LESION_OUTLINE  # noqa: E402
 
 __all__ = ["Overlay", "Outline", "key_slices_png", "RADIOLOGICAL_CAPTION", "OUTLINE_COLOURS"]
 
 RADIOLOGICAL_CAPTION = ("Radiological convention: the patient's right is on the left of each picture "
                         "(letters at the edges: R/L right/left, A/P front/back, S/I up/down).")
 #: Outline colours, the same in every report: top evidence region, given lesion mask, model segmentation.
-OUTLINE_COLOURS = {"evidence": "#ffd400", "lesion": "#00e5ff", "segmentation": "#ff4fd8"}
+OUTLINE_COLOURS = {"evidence": "#ffd400", "lesion": to_hex(LESION_OUTLINE["rgb"]), "segmentation": "#ff4fd8"}
 _EDGE_LETTERS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
 
 
