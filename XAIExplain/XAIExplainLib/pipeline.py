@@ -36,7 +36,8 @@ from .uncertainty import (
     tta_augmentations,
 )
 
-__all__ = ["PreparedCase", "ExplanationResult", "prepare_case", "predict_probabilities", "explain_image"]
+__all__ = ["PreparedCase", "ExplanationResult", "prepare_case", "predict_logits", "predict_probabilities", "explain_image",
+           "map_statistics", "describe_prediction", "resolve_target", "explainer_params", "build_provenance"]
 
 #: Methods that need a single forward and backward pass: cheap enough to repeat per uncertainty sample.
 _SINGLE_PASS_METHODS = ("gradcam", "gradcampp", "gradient")
@@ -170,13 +171,13 @@ def explain_image(
         clock = time.perf_counter()
         stage.report(0.02, "running the model")
         probabilities = predict_probabilities(model, case.inputs)
-        prediction, segmentation = _describe_prediction(model, case, probabilities)
+        prediction, segmentation = describe_prediction(model, case, probabilities)
         timings["predict"] = time.perf_counter() - clock
 
-    resolved = _resolve_target(model, case, probabilities, target, target_mask)
+    resolved = resolve_target(model, case, probabilities, target, target_mask)
     explain_share = 0.85 if uncertainty == "none" else 0.5
     clock = time.perf_counter()
-    explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **_method_params(method, seed, method_params))
+    explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **explainer_params(method, seed, method_params))
     attribution = explainer.attribute(case.inputs, resolved.fn, stage.sub(0.05, explain_share))[0, 0]
     saliency = case.to_input_grid(attribution)
     timings["explain"] = time.perf_counter() - clock
@@ -203,7 +204,7 @@ def explain_image(
         saliency=saliency,
         prediction=prediction,
         explanation=explanation,
-        provenance=_provenance(model, method, explainer.parameters(), resolved, uncertainty, samples, ensemble, seed, image),
+        provenance=build_provenance(model, method, explainer.parameters(), resolved, uncertainty, samples, ensemble, seed, image),
         uncertainty=uncertainty_map,
         uncertainty_info=uncertainty_info,
         segmentation=segmentation,
@@ -225,7 +226,8 @@ def map_statistics(image: sitk.Image) -> dict:
     }
 
 
-def _describe_prediction(model: LoadedModel, case: PreparedCase, probabilities: torch.Tensor) -> tuple[dict, Optional[sitk.Image]]:
+def describe_prediction(model: LoadedModel, case: PreparedCase, probabilities: torch.Tensor) -> tuple[dict, Optional[sitk.Image]]:
+    """The prediction as JSON values (and, for segmentation, the label map on the input grid)."""
     names = model.spec.class_names
     if model.spec.task == "classification":
         p = probabilities[0]
@@ -263,8 +265,9 @@ def _describe_prediction(model: LoadedModel, case: PreparedCase, probabilities: 
     }, segmentation
 
 
-def _resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.Tensor,
-                    target: Optional[int | str], target_mask: Optional[sitk.Image]) -> Target:
+def resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.Tensor,
+                   target: Optional[int | str], target_mask: Optional[sitk.Image]) -> Target:
+    """The score to explain, fixed from the unperturbed prediction (see :mod:`XAIExplainLib.targets`)."""
     spec = model.spec
     if spec.task == "classification":
         if target_mask is not None:
@@ -291,7 +294,8 @@ def _resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch
     return Target(region_logit_sum(index, region), index, spec.class_names[index], description, int(region.sum()))
 
 
-def _method_params(method: str, seed: int, overrides: Optional[dict[str, Any]]) -> dict[str, Any]:
+def explainer_params(method: str, seed: int, overrides: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Constructor parameters of ``method``'s explainer: the run's seed where the method is random, then ``overrides``."""
     params: dict[str, Any] = {"seed": seed} if method == "smoothgrad" else {}
     params.update(overrides or {})
     return params
@@ -378,8 +382,9 @@ def _ensemble_uncertainty(model: LoadedModel, ensemble: Sequence[LoadedModel], i
     return uncertainty_map, info
 
 
-def _provenance(model: LoadedModel, method: str, parameters: dict, target: Target, uncertainty: str,
-                samples: int, ensemble: Sequence[LoadedModel], seed: int, image: sitk.Image) -> dict:
+def build_provenance(model: LoadedModel, method: str, parameters: dict, target: Target, uncertainty: str,
+                     samples: int, ensemble: Sequence[LoadedModel], seed: int, image: sitk.Image) -> dict:
+    """Where a map came from: model id and hash, method, parameters, target, seed, versions, time, grid."""
     import captum
     import monai
 

@@ -20,7 +20,7 @@ import torch
 from XAIExplainLib.errors import XAIInputError
 from XAIExplainLib.explainers import EXPLAINERS, Explainer, make_explainer
 from XAIExplainLib.models import LoadedModel
-from XAIExplainLib.pipeline import PreparedCase, _method_params, _resolve_target, predict_probabilities, prepare_case
+from XAIExplainLib.pipeline import PreparedCase, explainer_params, resolve_target, predict_probabilities, prepare_case
 from XAIExplainLib.preprocessing import to_model_grid
 from XAIExplainLib.progress import Stage
 from XAIExplainLib.targets import Target
@@ -80,8 +80,8 @@ def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "grad
     chunk = chunk_size(int(np.prod(case.inputs.shape[2:])), memory_budget_mb)
     with torch.no_grad():
         probabilities = predict_probabilities(model, case.inputs)
-    target = _resolve_target(model, case, probabilities, None, None)
-    params = {"internal_batch_size": chunk, **_method_params(method, seed, method_params)}
+    target = resolve_target(model, case, probabilities, None, None)
+    params = {"internal_batch_size": chunk, **explainer_params(method, seed, method_params)}
     explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **params)
     stage.report(0.3, "explaining the unperturbed case")
     saliency = explainer.attribute(case.inputs, target.fn, stage.sub(0.3, 1.0))[0, 0]

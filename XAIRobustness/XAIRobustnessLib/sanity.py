@@ -26,7 +26,7 @@ import torch
 from XAIExplainLib.errors import XAIInputError, XAIModelError
 from XAIExplainLib.explainers import Explainer, make_explainer
 from XAIExplainLib.models import LoadedModel
-from XAIExplainLib.pipeline import _method_params
+from XAIExplainLib.pipeline import explainer_params
 from XAIExplainLib.progress import CancelToken, ProgressCallback, Stage
 
 from .reference import Reference, explain_reference
@@ -109,7 +109,7 @@ def sanity_check(
     stage = Stage(progress, cancel)
     reference = reference or explain_reference(image, model, method, seed, method_params, stage=stage.sub(0.0, 0.1))
     network = _copy(model.network)
-    params = {"internal_batch_size": reference.chunk, **_method_params(method, seed, method_params)}
+    params = {"internal_batch_size": reference.chunk, **explainer_params(method, seed, method_params)}
     build = explainer_factory or (lambda net: make_explainer(method, net, model.spec.cam_target_layer, **params))
     original = _explain(build(model.network), reference)
     blocks = randomisation_blocks(network, max_steps)

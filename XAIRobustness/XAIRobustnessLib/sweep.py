@@ -34,8 +34,8 @@ from XAIExplainLib.models import LoadedModel
 from XAIExplainLib.pipeline import (
     ExplanationResult,
     PreparedCase,
-    _describe_prediction,
-    _provenance,
+    describe_prediction,
+    build_provenance,
     map_statistics,
     prepare_case,
 )
@@ -185,7 +185,7 @@ def robustness_sweep(
                   "topk_percent": 10.0, "batch_size": reference.chunk, "memory_budget_mb": memory_budget_mb,
                   "catalogue": {p.key: p.to_json(modality) for p in catalogue},
                   "compared_on": "model grid, inside the anatomy (foreground of the input)"},
-        provenance=_provenance(model, method, reference.explainer.parameters(), reference.target, "none", 0, (),
+        provenance=build_provenance(model, method, reference.explainer.parameters(), reference.target, "none", 0, (),
                                seed, image),
         timings_s=timings,
     )
@@ -323,11 +323,11 @@ def _result(perturbation: Perturbation, severity: float, probabilities: torch.Te
             reference: Reference, model: LoadedModel, seed: int) -> ExplanationResult:
     """The perturbed case's outcome in the shape XAIExplain shows (saliency on the input grid)."""
     case = PreparedCase(image=reference.image, grid=reference.case.grid, inputs=reference.case.inputs)
-    prediction, segmentation = _describe_prediction(model, case, probabilities[None])
+    prediction, segmentation = describe_prediction(model, case, probabilities[None])
     saliency_image = case.to_input_grid(saliency)
     explainer = reference.explainer
     target = reference.target
-    provenance = _provenance(model, reference.method, explainer.parameters(), target, "none", 0, (), seed,
+    provenance = build_provenance(model, reference.method, explainer.parameters(), target, "none", 0, (), seed,
                              reference.image)
     provenance["perturbation"] = {"key": perturbation.key, "severity": severity,
                                   "value": perturbation.describe_value(severity), "seed": seed}
