@@ -95,6 +95,31 @@ def test_switching_audience_rewrites_the_summary(viewer_url):
         assert page.inner_text("#result-card") not in (radiologist, teaching)
 
 
+def test_robustness_tab_plots_the_sweep_and_the_report_downloads(viewer_url, tmp_path):
+    with browser() as instance:
+        page = open_page(instance, viewer_url)
+        _choose(page, "method-select", "Grad-CAM")  # the fast method keeps the sweep to seconds
+        _run(page)
+        page.click("#tab-robustness")
+        page.click("#run-robustness")
+        page.wait_for_selector("#robustness-plot", state="visible", timeout=300_000)
+        plot = page.locator("#plot-image")
+        assert plot.is_visible()
+        size = plot.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert size[0] > 800 and size[1] > 400, f"robustness plot is {size}"
+        assert "severity" in " ".join(page.locator("#robustness-result").all_inner_texts())
+        page.click("#plot-close")
+        page.click("#tab-explain")
+        page.click("#make-report")
+        page.wait_for_selector("#download-report", state="visible", timeout=300_000)
+        with page.expect_download() as download:
+            page.click("#download-report")
+        saved = tmp_path / download.value.suggested_filename
+        download.value.save_as(saved)
+        html_text = saved.read_text(encoding="utf-8")
+        assert saved.name.endswith("-radiologist-report.html") and "data:image/png;base64," in html_text
+
+
 def test_presenter_mode_second_browser_follows(viewer_url):
     with browser() as instance:
         teacher = open_page(instance, viewer_url)

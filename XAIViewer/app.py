@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any, Optional
 
@@ -61,6 +62,7 @@ class XAIViewerApp:
         self.state.change("case_name")(self._on_case_selected)
         self.state.change("task")(self._on_task)
         self.state.change("audience")(self._show_summary)
+        self.state.change("model", "method")(self._forget_checks)
 
     # --- state ---
 
@@ -93,6 +95,14 @@ class XAIViewerApp:
             "task": None,
             "audiences": [{"title": a.title, "value": key} for key, a in AUDIENCES.items()],
             "audience": "radiologist",
+            "panel": "explain",
+            "plot_src": "",
+            "plot_dialog": False,
+            "robustness_png": "", "robustness_lines": [],
+            "sanity_png": "", "sanity_lines": [],
+            "faithfulness_png": "", "faithfulness_lines": [],
+            "report_href": "",
+            "report_name": "",
         })
 
     def _default_task(self) -> Optional[str]:
@@ -149,18 +159,34 @@ class XAIViewerApp:
         with self.state:
             self.state.has_reference = has_reference
             self.state.error = ""
+            self.state.report_href = ""
+            for kind in ("robustness", "sanity", "faithfulness"):
+                self.state[f"{kind}_png"], self.state[f"{kind}_lines"] = "", []
             self.state.prediction_text = ""
             self.state.summary_text = ""
             self.state.has_result = False
             if self.session.case_name not in [c["value"] for c in self.state.cases]:
                 self.state.case_name = None
 
-    # --- run ---
+    # --- long work: one at a time, in a worker thread, progress and Cancel on the panel ---
 
     def run(self) -> None:
-        if self.state.running:
-            return
-        asynchronous.create_task(self._run())
+        settings = RunSettings(model=self.state.model, method=self.state.method, uncertainty=self.state.uncertainty,
+                               task=self.state.task)
+        self._start(lambda image, progress, cancel: self.session.compute(image, settings, progress, cancel),
+                    lambda outcome: self._show_result(*outcome, settings))
+
+    def run_check(self, kind: str) -> None:
+        """``robustness``, ``sanity`` or ``faithfulness`` of the current method on the current case."""
+        model, method = self.state.model, self.state.method
+        work = getattr(self.session.checks, kind)
+        self._start(lambda image, progress, cancel: work(image, self.session.model(model), method, progress, cancel),
+                    lambda outcome: self._show_check(kind, outcome))
+
+    def make_report(self) -> None:
+        audience = self.state.audience
+        self._start(lambda image, progress, cancel: self.session.report_html(image, audience, progress, cancel),
+                    self._offer_report)
 
     def cancel(self) -> None:
         if self._cancel is not None:
@@ -168,34 +194,34 @@ class XAIViewerApp:
             with self.state:
                 self.state.progress_text = "Cancelling…"
 
-    async def _run(self) -> None:
+    def _start(self, work, done) -> None:
+        if self.state.running:
+            return
+        asynchronous.create_task(self._background(work, done))
+
+    async def _background(self, work, done) -> None:
         loop = asyncio.get_running_loop()
-        settings = RunSettings(model=self.state.model, method=self.state.method, uncertainty=self.state.uncertainty,
-                               task=self.state.task)
         self._cancel = token = CancelToken()
         with self.state:
             self.state.running, self.state.progress, self.state.error = True, 0, ""
             self.state.progress_text = "Starting…"
         try:
-            image = self.session.input_image()
+            image = self.session.input_image()  # scene access stays on this thread
 
             def progress(fraction: float, message: str) -> None:
                 loop.call_soon_threadsafe(self._set_progress, fraction, message)
 
-            result, facts = await loop.run_in_executor(None, self.session.compute, image, settings, progress, token)
-            self.session.apply(result, facts, settings.method, self.state.opacity, self.state.threshold)
-            self._render_all()
+            outcome = await loop.run_in_executor(None, work, image, progress, token)
             with self.state:
-                self._show_summary(self.state.audience)
-                self.state.has_result = True
+                done(outcome)
         except XAICancelled:
             with self.state:
-                self.state.error = "Cancelled; the previous results are unchanged."
+                self.state.error = "Cancelled; what was shown before is unchanged."
         except XAIError as error:
             with self.state:
                 self.state.error = str(error)
         except Exception as error:  # keep the server alive for every other user of the page
-            logger.exception("run failed")
+            logger.exception("background work failed")
             with self.state:
                 self.state.error = f"Unexpected error: {type(error).__name__}: {error}"
         finally:
@@ -203,6 +229,33 @@ class XAIViewerApp:
             with self.state:
                 self.state.running = False
                 self.state.progress_text = ""
+
+    def _show_result(self, result, facts, settings: RunSettings) -> None:
+        self.session.apply(result, facts, settings, self.state.opacity, self.state.threshold)
+        self._render_all()
+        self._show_summary(self.state.audience)
+        self.state.has_result = True
+        self.state.report_href = ""
+
+    def _show_check(self, kind: str, outcome) -> None:
+        self.state[f"{kind}_png"] = "data:image/png;base64," + base64.b64encode(outcome.png).decode()
+        self.state[f"{kind}_lines"] = outcome.lines
+        self.state.plot_src, self.state.plot_dialog = self.state[f"{kind}_png"], True
+        if self.session.result is not None and self.session.settings is not None:
+            # The checks change what the writers say (trust checks, review flag): re-word the result.
+            self.session.facts = self.session.describe(self.session.input_image(), self.session.result,
+                                                       self.session.settings)
+            self._show_summary(self.state.audience)
+
+    def _offer_report(self, html_text: str) -> None:
+        self.state.report_href = "data:text/html;base64," + base64.b64encode(html_text.encode("utf-8")).decode()
+        self.state.report_name = f"{self.session.case_name or 'case'}-{self.state.audience}-report.html"
+
+    def _forget_checks(self, **_: Any) -> None:
+        """Checks belong to one model and method: a new choice starts without them."""
+        self.session.checks.clear()
+        for kind in ("robustness", "sanity", "faithfulness"):
+            self.state[f"{kind}_png"], self.state[f"{kind}_lines"] = "", []
 
     def _show_summary(self, audience: str, **_: Any) -> None:
         """The result in the words of ``audience`` (re-written, not re-computed, when it changes)."""

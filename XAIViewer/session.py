@@ -23,6 +23,8 @@ from XAIExplainLib.pipeline import ExplanationResult, explain_image
 from XAIExplainLib.progress import CancelToken, ProgressCallback
 from XAIExplainLib.tasks import get_task
 
+from .checks import TrustChecks
+
 __all__ = ["RunSettings", "ViewerSession", "sample_cases", "MAX_UPLOAD_BYTES", "UPLOAD_SUFFIXES"]
 
 #: Uploads above this size are refused before they are written anywhere.
@@ -49,7 +51,9 @@ class ViewerSession:
     input_node: object = None
     case_name: str = ""
     result: Optional[ExplanationResult] = None
+    settings: Optional[RunSettings] = None
     facts: Optional[CaseFacts] = None
+    checks: TrustChecks = field(default_factory=TrustChecks)
     reference_mask: object = None
     nodes: Optional[mrml.ExplanationNodes] = None
     _models: dict = field(default_factory=dict)
@@ -94,6 +98,8 @@ class ViewerSession:
                     mrml.removeResultNode(self.scene, node)
             mrml.removeResultNode(self.scene, self.input_node)
         self.input_node, self.result, self.nodes, self.facts, self.reference_mask = None, None, None, None, None
+        self.settings = None
+        self.checks.clear()
 
     # --- model and run ---
 
@@ -108,23 +114,28 @@ class ViewerSession:
         return mrml.volumeNodeToImage(self.input_node)
 
     def compute(self, image, settings: RunSettings, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelToken] = None) -> tuple[ExplanationResult, CaseFacts]:
+                cancel: Optional[CancelToken] = None) -> tuple[ExplanationResult, Optional[CaseFacts]]:
         """The engine's work and the facts the audience writers word; safe in a worker thread (no MRML)."""
-        model = self.model(settings.model)
-        result = explain_image(image, model, method=settings.method, target=settings.target,
+        result = explain_image(image, self.model(settings.model), method=settings.method, target=settings.target,
                                uncertainty=settings.uncertainty, samples=settings.samples, seed=settings.seed,
                                progress=progress, cancel=cancel)
-        task = get_task(settings.task or model.spec.clinical_tasks[0]) if (settings.task or model.spec.clinical_tasks) else None
-        facts = build_case_facts(image, {settings.method: result}, task, model.spec, EVIDENCE_TOP_PERCENT,
-                                 lesion=self.reference_mask) if task else None
-        return result, facts
+        return result, self.describe(image, result, settings)
 
-    def apply(self, result: ExplanationResult, facts: Optional[CaseFacts], method: str, opacity: float,
+    def describe(self, image, result: ExplanationResult, settings: RunSettings) -> Optional[CaseFacts]:
+        """The case's facts for the writers: result, clinical task, reference mask and the checks run so far."""
+        spec = self.model(settings.model).spec
+        task_id = settings.task or (spec.clinical_tasks[0] if spec.clinical_tasks else None)
+        if task_id is None:
+            return None
+        return build_case_facts(image, {settings.method: result}, get_task(task_id), spec, EVIDENCE_TOP_PERCENT,
+                                lesion=self.reference_mask, trust=self.checks.evidence())
+
+    def apply(self, result: ExplanationResult, facts: Optional[CaseFacts], settings: RunSettings, opacity: float,
               threshold: float) -> None:
         """Show ``result`` over the case (replacing the previous run's nodes)."""
-        self.nodes = mrml.applyExplanationResult(self.scene, self.input_node, result, method,
+        self.nodes = mrml.applyExplanationResult(self.scene, self.input_node, result, settings.method,
                                                  opacity=opacity, threshold=threshold)
-        self.result, self.facts = result, facts
+        self.result, self.facts, self.settings = result, facts, settings
         self.jump_to(result.explanation["statistics"]["peak_ras_mm"])
 
     def jump_to(self, ras_mm) -> None:
@@ -133,6 +144,22 @@ class ViewerSession:
 
         r, a, s = (float(v) for v in ras_mm)
         slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, r, a, s, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
+
+    def report_html(self, image, audience: str, progress: Optional[ProgressCallback] = None,
+                    cancel: Optional[CancelToken] = None) -> str:
+        """The per-case HTML report of the last run's settings, for ``audience`` (worker thread)."""
+        from XAIExplainLib.report import build_report
+
+        if self.settings is None:
+            raise XAIInputError("Run an explanation first.")
+        model = self.model(self.settings.model)
+        task = self.settings.task or (model.spec.clinical_tasks[0] if model.spec.clinical_tasks else None)
+        if task is None:
+            raise XAIInputError("Pick a clinical task first.")
+        uncertainty = self.settings.uncertainty if self.settings.uncertainty != "none" else None
+        return build_report(image, model, task, audience, lesion=self.reference_mask, trust=self.checks.evidence(),
+                            uncertainty=uncertainty, seed=self.settings.seed, input_name=self.case_name,
+                            progress=progress, cancel=cancel).html
 
     def summary(self, audience: str) -> tuple[str, str, bool]:
         """(headline, text, review flag) of the last result, written for ``audience``."""
