@@ -78,7 +78,8 @@ class ViewerSession:
         """Validate an uploaded file's name and size, then load it like any case."""
         lowered = filename.lower()
         if not lowered.endswith(UPLOAD_SUFFIXES):
-            raise XAIInputError(f"{filename}: unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD or MetaImage (.mha).")
+            raise XAIInputError(f"{filename}: unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD, MetaImage (.mha) "
+                                f"or a DICOM series as a .zip.")
         if len(content) > MAX_UPLOAD_BYTES:
             raise XAIInputError(f"{filename} is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
         if not content:
@@ -88,6 +89,8 @@ class ViewerSession:
         with tempfile.TemporaryDirectory(prefix="slicer-xai-upload-") as folder:
             path = Path(folder) / safe_name
             path.write_bytes(content)
+            if lowered.endswith(".zip"):  # a DICOM series, zipped by the browser user
+                path = _unzip_series(path, Path(folder) / "series")
             return self.load_case(path, name=_case_name(Path(safe_name)))
 
     def clear(self) -> None:
@@ -200,6 +203,25 @@ def sample_cases() -> list[dict]:
             cases.append({"name": entry["name"], "path": str(path), "description": entry.get("description", ""),
                           "model": model if model in models else None, "mask": str(mask) if mask.is_file() else None})
     return cases
+
+
+def _unzip_series(archive: Path, folder: Path) -> Path:
+    """Extract a zipped DICOM series safely: no paths outside ``folder``, no more than the upload limit."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [m for m in bundle.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > MAX_UPLOAD_BYTES:
+                raise XAIInputError(f"{archive.name} unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB.")
+            folder.mkdir()
+            for index, member in enumerate(members):
+                # Flatten every entry to a numbered file: names inside the archive are never used as paths.
+                with bundle.open(member) as source, open(folder / f"{index:06d}.dcm", "wb") as target:
+                    target.write(source.read())
+    except zipfile.BadZipFile:
+        raise XAIInputError(f"{archive.name} is not a readable zip archive.") from None
+    return folder
 
 
 def _case_name(path: Path) -> str:

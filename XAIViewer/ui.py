@@ -59,8 +59,8 @@ def _explain_panel(app: Any) -> None:
     v3.VSelect(label="Sample case", items=("cases",), v_model=("case_name",), density="compact",
                hide_details=True, classes="mb-2", id="case-select")
     v3.VFileInput(
-        label="Open your own volume (NIfTI, NRRD, MHA)",
-        accept=".nii,.gz,.nrrd,.mha",
+        label="Open your own volume (NIfTI, NRRD, MHA, DICOM .zip)",
+        accept=".nii,.gz,.nrrd,.mha,.zip",
         density="compact", hide_details=True, classes="mb-3", prepend_icon="mdi-upload",
         update_modelValue=_UPLOAD_GUARD, id="upload",
     )
