@@ -89,8 +89,8 @@ def write_bundle(
         },
         "xai": xai,
     }
-    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
-    (folder / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}, indent=1))
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+    (folder / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}, indent=1), encoding="utf-8")
     return folder
 
 

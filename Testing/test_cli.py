@@ -51,7 +51,7 @@ def test_explain_writes_maps_on_the_input_grid_and_a_result(oblique_case, segmen
         written = sitk.ReadImage(str(out / f"{name}.nii.gz"))
         _same_grid(written, image)
     assert sitk.ReadImage(str(out / "saliency.nii.gz")).GetPixelID() == sitk.sitkFloat32
-    report = json.loads((out / "result.json").read_text())
+    report = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert abs(sum(report["prediction"]["probabilities"].values()) - 1) < 1e-5
     assert report["explanation"]["method"] == "gradcam"
     assert report["provenance"]["model"]["sha256"] == report["provenance"]["model"]["sha256"].lower()
@@ -66,7 +66,7 @@ def test_classifier_probabilities_and_nrrd_output(oblique_case, classifier_bundl
     out = tmp_path / "out"
     assert main(["explain", str(oblique_case), "--model", str(classifier_bundle), "--method", "occlusion",
                  "--occlusion-window", "6", "--format", "nrrd", "--target", "lesion", "--out", str(out)]) == 0
-    report = json.loads((out / "result.json").read_text())
+    report = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert report["prediction"]["class_names"] == ["no lesion", "lesion"]
     assert abs(sum(report["prediction"]["probabilities"].values()) - 1) < 1e-5
     assert report["explanation"]["target"]["class_name"] == "lesion"
@@ -110,7 +110,7 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
     empty = folder / "empty.nii.gz"
     empty.write_bytes(b"")
     text = folder / "notes.nii.gz"
-    text.write_text("this is not an image\n")
+    text.write_text("this is not an image\n", encoding="utf-8")
     return {
         "NaN": _write_array(folder / "nan.nii.gz", nan),
         "infinite": _write_array(folder / "inf.nii.gz", inf),

@@ -75,5 +75,5 @@ def test_staged_output_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("model crashed")
     assert list(tmp_path.iterdir()) == []
     with staged_output_dir(out) as staging:
-        (staging / "result.json").write_text("{}")
+        (staging / "result.json").write_text("{}", encoding="utf-8")
     assert [p.name for p in out.iterdir()] == ["result.json"]

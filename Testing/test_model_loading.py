@@ -19,9 +19,9 @@ def _copy(bundle, tmp_path, name="copy"):
 
 
 def _edit_json(path, edit):
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     edit(data)
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data), encoding="utf-8")
 
 
 def test_bundle_loads_in_eval_mode_with_its_card(classifier_bundle):
@@ -128,9 +128,9 @@ def test_torchscript_model_with_sidecar_metadata(classifier_bundle, tmp_path):
     scripted = torch.jit.trace(bundle_model.network, torch.zeros(1, 1, 24, 24, 24))
     path = tmp_path / "classifier.ts"
     scripted.save(str(path))
-    metadata = json.loads((classifier_bundle / "configs" / "metadata.json").read_text())
+    metadata = json.loads((classifier_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     metadata["xai"].pop("weights_sha256")
-    path.with_suffix(".json").write_text(json.dumps(metadata))
+    path.with_suffix(".json").write_text(json.dumps(metadata), encoding="utf-8")
     model = load_model(path)
     assert model.is_torchscript
     image = make_image(size=(30, 30, 30), spacing=(1.5, 1.5, 1.5))

@@ -81,7 +81,7 @@ def test_researcher_runs_every_method_the_model_can(classifier_bundle):
 def test_segmentation_report_with_robustness_results(case, segmenter_bundle, tmp_path):
     evidence = tmp_path / "robustness"
     evidence.mkdir()
-    (evidence / "sanity.json").write_text(json.dumps({"sanity": {"passed": True, "similarity": 0.1}}))
+    (evidence / "sanity.json").write_text(json.dumps({"sanity": {"passed": True, "similarity": 0.1}}), encoding="utf-8")
     out = tmp_path / "seg.html"
     code = cli.main(["report", str(case / "case.nii.gz"), "--model", str(segmenter_bundle),
                      "--task", "brain-lesion-segmentation", "--audience", "researcher", "--method", "gradcam",

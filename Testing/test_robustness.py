@@ -225,7 +225,7 @@ def test_cli_robustness_sanity_faithfulness_write_json_csv_png(case_file, classi
     out = tmp_path / "robustness"
     assert main(["robustness", str(case_file), "--model", str(classifier_bundle), "--perturbations",
                  "gaussian-noise,blur", "--severities", "2,5", "--seed", "1", "--out", str(out)]) == 0
-    report = json.loads((out / "robustness.json").read_text())
+    report = json.loads((out / "robustness.json").read_text(encoding="utf-8"))
     assert set(report["perturbations"]) == {"gaussian-noise", "blur"} and report["settings"]["seed"] == 1
     with open(out / "robustness.csv", newline="") as stream:
         assert len(list(csv.DictReader(stream))) == 2 * 3
@@ -234,14 +234,14 @@ def test_cli_robustness_sanity_faithfulness_write_json_csv_png(case_file, classi
     out = tmp_path / "sanity"
     assert main(["sanity", str(case_file), "--model", str(classifier_bundle), "--method", "gradcam,gradient",
                  "--max-steps", "2", "--out", str(out)]) == 0
-    report = json.loads((out / "sanity.json").read_text())
+    report = json.loads((out / "sanity.json").read_text(encoding="utf-8"))
     assert set(report["sanity"]["methods"]) == {"gradcam", "gradient"} and "passed" in report["sanity"]
     assert sorted(p.name for p in out.iterdir()) == ["sanity.csv", "sanity.json", "sanity.png"]
 
     out = tmp_path / "faithfulness"
     assert main(["faithfulness", str(case_file), "--model", str(classifier_bundle), "--steps", "4", "--random", "1",
                  "--out", str(out)]) == 0
-    report = json.loads((out / "faithfulness.json").read_text())
+    report = json.loads((out / "faithfulness.json").read_text(encoding="utf-8"))
     assert {"deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc"} <= set(report)
     assert "Results in" in capsys.readouterr().out
 

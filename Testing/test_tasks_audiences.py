@@ -212,7 +212,7 @@ def test_high_uncertainty_raises_the_review_flag_and_a_confident_case_does_not()
 
 
 def test_a_failed_check_raises_the_review_flag(tmp_path):
-    (tmp_path / "sanity.json").write_text(json.dumps({"sanity": {"passed": False, "similarity": 0.93}}))
+    (tmp_path / "sanity.json").write_text(json.dumps({"sanity": {"passed": False, "similarity": 0.93}}), encoding="utf-8")
     (tmp_path / "sweep.json").write_text(json.dumps({"perturbation": "motion", "rows": [
         {"severity": 0.0, "spearman": 1.0}, {"severity": 0.2, "spearman": 0.9}, {"severity": 1.0, "spearman": 0.1}]}))
     trust = read_trust_evidence(tmp_path)
@@ -245,6 +245,6 @@ def test_text_follows_the_result():
 def test_robustness_input_errors_are_clear(tmp_path):
     with pytest.raises(XAIInputError, match="does not exist"):
         read_trust_evidence(tmp_path / "missing")
-    (tmp_path / "other.json").write_text("{\"hello\": 1}")
+    (tmp_path / "other.json").write_text("{\"hello\": 1}", encoding="utf-8")
     with pytest.raises(XAIInputError, match="no sanity, faithfulness or robustness"):
         read_trust_evidence(tmp_path)

@@ -61,7 +61,7 @@ def test_run_puts_the_heat_map_on_the_lesion(viewer_url):
 
 def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(viewer_url, tmp_path):
     bad = tmp_path / "scan.nii.gz"
-    bad.write_text("not an image at all\n")
+    bad.write_text("not an image at all\n", encoding="utf-8")
     with browser() as instance:
         page = open_page(instance, viewer_url)
         page.set_input_files("#upload", str(bad))

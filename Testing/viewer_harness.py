@@ -39,8 +39,10 @@ def viewer_process(args: Sequence[str], timeout_s: float = 90.0) -> Iterator[tup
     try:
         while time.monotonic() < deadline:
             line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                break
+            if not line:
+                if process.poll() is not None:
+                    break
+                continue
             seen.append(line)
             match = re.search(r"open (http\S+)", line)
             if match:

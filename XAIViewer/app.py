@@ -272,7 +272,8 @@ class XAIViewerApp:
         self.state.models = [{"title": m.get("title", m["name"]), "value": m["name"]} for m in models]
         if models and self.state.model not in [m["name"] for m in models]:
             self.state.model = models[0]["name"]
-        methods = methods_for_task(task, next((m for m in models if m["name"] == self.state.model), None))
+        # The model's card says whether CAM methods can run (a target layer); the list entry does not.
+        methods = methods_for_task(task, read_model_spec(resolve_model_path(self.state.model)) if self.state.model else None)
         self.state.methods = [{"title": EXPLAINERS[k].title, "value": k} for k in methods]
         self.state.method = methods[0] if methods else self.state.method
 
