@@ -126,6 +126,8 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.sanityButton.connect("clicked(bool)", self.onSanityButton)
+        self.ui.faithfulnessButton.connect("clicked(bool)", self.onFaithfulnessButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.progressBar.hide()
         self.ui.statusLabel.text = ""
@@ -195,16 +197,34 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.model:
             self.ui.applyButton.toolTip = _("Perturb the case at each severity and re-run model and explanation.")
             self.ui.applyButton.enabled = True
+            self.ui.sanityButton.enabled = self._cancelToken is None
+            self.ui.faithfulnessButton.enabled = self._cancelToken is None
         else:
             self.ui.applyButton.toolTip = _("Select an input volume and a model.")
             self.ui.applyButton.enabled = False
+            self.ui.sanityButton.enabled = False
+            self.ui.faithfulnessButton.enabled = False
 
     def onApplyButton(self) -> None:
+        self._runLong(lambda progress, cancel: self.logic.runSweep(self._parameterNode, progress=progress, cancel=cancel),
+                      _("The robustness sweep failed."))
+
+    def onSanityButton(self) -> None:
+        self._runLong(lambda progress, cancel: self.logic.runSanity(self._parameterNode, progress=progress, cancel=cancel),
+                      _("The sanity check failed."))
+
+    def onFaithfulnessButton(self) -> None:
+        self._runLong(lambda progress, cancel: self.logic.runFaithfulness(self._parameterNode, progress=progress,
+                                                                          cancel=cancel),
+                      _("The faithfulness test failed."))
+
+    def _runLong(self, work, failureMessage: str) -> None:
+        """Run ``work(progress, cancel)`` with the progress bar; Apply becomes Cancel meanwhile."""
         if self._cancelToken:
             self._cancelToken.cancel()
             self.ui.statusLabel.text = _("Cancelling...")
             return
-        with slicer.util.tryWithErrorDisplay(_("The robustness sweep failed."), waitCursor=False):
+        with slicer.util.tryWithErrorDisplay(failureMessage, waitCursor=False):
             if not self.logic.explainLogic.ensureDependencies(askConfirmation=True):
                 return
             from XAIExplainLib.errors import XAICancelled
@@ -212,10 +232,12 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             self._cancelToken = CancelToken()
             self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.enabled = True
+            self.ui.sanityButton.enabled = self.ui.faithfulnessButton.enabled = False
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             try:
-                self.logic.runSweep(self._parameterNode, progress=self._onProgress, cancel=self._cancelToken)
+                work(self._onProgress, self._cancelToken)
                 self.ui.statusLabel.text = _("Done.")
             except XAICancelled:
                 self.ui.statusLabel.text = _("Cancelled; no results were kept.")
