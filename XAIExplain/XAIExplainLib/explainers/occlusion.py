@@ -4,11 +4,20 @@ Zeiler and Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 
 take a strongly blurred copy of the image (an in-distribution "nothing specific here"), not zero,
 which is out of distribution for CT and for z-scored MRI. Windows whose content the blur would not
 change (air, outside the head) cannot change the score and are skipped.
+
+Occluded copies are scored with exact incremental inference (Nakandala et al., "Incremental and
+Approximate Inference for Faster Occlusion-based Deep CNN Explanations", SIGMOD 2019): each layer is
+recomputed only where the window can have changed it (:mod:`.incremental`), with full inference as the
+automatic fallback. ``mode="approximate"`` adds Krypton's adaptive drill-down: a coarse pass with
+windows and strides ``coarse_factor`` times larger, then the exact windows only where the coarse map is
+in the top ``refine_fraction`` of its magnitude; elsewhere a window's drop is the coarse drop shared
+out by volume.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Optional, Sequence
 
 import torch
@@ -17,60 +26,139 @@ from scipy.ndimage import gaussian_filter
 from ..progress import Stage
 from ..targets import TargetFn
 from .base import Explainer, batched
+from .incremental import OccludedInference, occluded_inference
 
-__all__ = ["Occlusion"]
+__all__ = ["Occlusion", "blurred_fill"]
 
 
 class Occlusion(Explainer):
-    """Occlusion sensitivity with cubic windows of ``window`` voxels moved by ``stride`` voxels."""
+    """Occlusion sensitivity with cubic windows of ``window`` voxels moved by ``stride`` voxels.
+
+    ``mode``: ``"exact"`` (every window) or ``"approximate"`` (coarse to fine, see the module notes).
+    ``incremental``: score occluded copies with incremental inference where the network allows it.
+    After :meth:`attribute`, ``inference`` says which inference ran (and why full inference, if so).
+    """
 
     key = "occlusion"
     title = "Occlusion"
     reference = "Zeiler and Fergus, ECCV 2014 (arXiv:1311.2901)"
     signed = True
+    modes = ("exact", "approximate")
 
     def __init__(self, network: torch.nn.Module, target_layer: Optional[str] = None, internal_batch_size: int = 8,
-                 window: int | Sequence[int] = 8, stride: Optional[int | Sequence[int]] = None) -> None:
+                 window: int | Sequence[int] = 8, stride: Optional[int | Sequence[int]] = None, mode: str = "exact",
+                 incremental: bool = True, coarse_factor: int = 2, refine_fraction: float = 0.2) -> None:
         super().__init__(network, target_layer, internal_batch_size)
+        if mode not in self.modes:
+            raise ValueError(f"occlusion mode must be one of {', '.join(self.modes)}, not '{mode}'")
         self.window = window
         self.stride = stride
+        self.mode = mode
+        self.incremental = bool(incremental)
+        self.coarse_factor = max(1, int(coarse_factor))
+        self.refine_fraction = float(refine_fraction)
+        self.inference = ""
 
     def attribute(self, inputs: torch.Tensor, target: TargetFn, stage: Optional[Stage] = None) -> torch.Tensor:
-        spatial = tuple(inputs.shape[2:])
-        window = _per_axis(self.window, len(spatial))
-        stride = _per_axis(self.stride if self.stride is not None else self.window, len(spatial))
-        starts = list(itertools.product(*(_axis_starts(s, w, st) for s, w, st in zip(spatial, window, stride))))
+        dims = inputs.dim() - 2
+        window = _per_axis(self.window, dims)
+        stride = _per_axis(self.stride if self.stride is not None else self.window, dims)
         maps = []
-        for index, sample in enumerate(inputs):
-            maps.append(self._occlude_one(sample.unsqueeze(0), target, starts, window, stage, index, inputs.shape[0]))
+        with torch.no_grad():
+            for index, sample in enumerate(inputs):
+                image = sample.unsqueeze(0)
+                engine = occluded_inference(self.network, image, self.incremental)
+                self.inference = engine.kind + (f" ({engine.reason})" if engine.reason else "")
+                fill = _blurred(image, window)
+                progress = _Progress(stage, self.title, index, inputs.shape[0])
+                if self.mode == "exact":
+                    boxes = _boxes(image, fill, window, stride)
+                    drops = self._drops(engine, boxes, fill, target, progress.part(0.0, 1.0))
+                else:
+                    boxes, drops = self._coarse_to_fine(engine, image, fill, window, stride, target, progress)
+                maps.append(_average(image, boxes, drops))
         return torch.cat(maps)
 
-    def _occlude_one(self, image: torch.Tensor, target: TargetFn, starts: list, window: tuple,
-                     stage: Optional[Stage], index: int, total: int) -> torch.Tensor:
-        sigma = [0.0] + [float(w) for w in window]
-        fill = torch.from_numpy(gaussian_filter(image[0].numpy(), sigma=sigma, mode="nearest")).unsqueeze(0)
-        boxes = [tuple(slice(p, p + w) for p, w in zip(start, window)) for start in starts]
-        boxes = [box for box in boxes if (image[(..., *box)] - fill[(..., *box)]).abs().max() > 1e-6]
-        attribution = torch.zeros_like(image[:, :1])
-        counts = torch.zeros_like(attribution)
-        with torch.no_grad():
-            base = target(self.network(image))
-            for part in batched(len(boxes), self.internal_batch_size):
-                chunk = boxes[part]
-                batch = image.repeat(len(chunk), *([1] * (image.dim() - 1)))
-                for i, box in enumerate(chunk):
-                    batch[(i, slice(None), *box)] = fill[(0, slice(None), *box)]
-                drops = base - target(self.network(batch))
-                for i, box in enumerate(chunk):
-                    attribution[(0, slice(None), *box)] += drops[i]
-                    counts[(0, slice(None), *box)] += 1
-                if stage is not None:
-                    stage.report((index + part.stop / max(len(boxes), 1)) / total, f"{self.title}: {part.stop}/{len(boxes)} windows")
-        return torch.where(counts > 0, attribution / counts.clamp(min=1), attribution)
+    def _drops(self, engine: OccludedInference, boxes: list, fill: torch.Tensor, target: TargetFn,
+               progress: "_Progress") -> torch.Tensor:
+        """Base score minus the score with each box occluded, ``[len(boxes)]``."""
+        base = target(engine.output)
+        drops = torch.zeros(len(boxes), dtype=engine.output.dtype)
+        for part in batched(len(boxes), self.internal_batch_size):
+            drops[part] = (base - target(engine(boxes[part], fill))).reshape(-1)
+            progress(part.stop / max(len(boxes), 1), f"{part.stop}/{len(boxes)} windows")
+        return drops
+
+    def _coarse_to_fine(self, engine: OccludedInference, image: torch.Tensor, fill: torch.Tensor, window: tuple,
+                        stride: tuple, target: TargetFn, progress: "_Progress") -> tuple[list, torch.Tensor]:
+        """Krypton's adaptive drill-down: coarse windows everywhere, exact windows where the coarse map is large."""
+        spatial = image.shape[2:]
+        coarse_window = tuple(min(w * self.coarse_factor, s) for w, s in zip(window, spatial))
+        coarse_stride = tuple(st * self.coarse_factor for st in stride)
+        coarse_boxes = _boxes(image, fill, coarse_window, coarse_stride)
+        coarse = _average(image, coarse_boxes, self._drops(engine, coarse_boxes, fill, target, progress.part(0.0, 0.4)))
+        share = math.prod(window) / math.prod(coarse_window)
+        boxes = _boxes(image, fill, window, stride)
+        estimates = torch.stack([coarse[(0, 0, *box)].mean() * share for box in boxes]) if boxes else torch.zeros(0)
+        refine = max(1, math.ceil(self.refine_fraction * len(boxes))) if boxes else 0
+        chosen = estimates.abs().argsort(descending=True)[:refine].tolist()
+        exact = self._drops(engine, [boxes[i] for i in chosen], fill, target, progress.part(0.4, 1.0))
+        drops = estimates.clone()
+        drops[chosen] = exact
+        return boxes, drops
 
     def parameters(self) -> dict[str, Any]:
-        return {**super().parameters(), "window": self.window, "stride": self.stride or self.window,
-                "fill": "Gaussian-blurred image (sigma = window)"}
+        params = {**super().parameters(), "window": self.window, "stride": self.stride or self.window,
+                  "fill": "Gaussian-blurred image (sigma = window)", "mode": self.mode,
+                  "inference": self.inference or ("incremental" if self.incremental else "full")}
+        if self.mode == "approximate":
+            params.update(coarse_factor=self.coarse_factor, refine_fraction=self.refine_fraction)
+        return params
+
+
+class _Progress:
+    """Progress of one sample's share of the work, reported to an optional stage."""
+
+    def __init__(self, stage: Optional[Stage], title: str, index: int, total: int, low: float = 0.0, high: float = 1.0) -> None:
+        self.stage, self.title, self.index, self.total, self.low, self.high = stage, title, index, total, low, high
+
+    def part(self, low: float, high: float) -> "_Progress":
+        span = self.high - self.low
+        return _Progress(self.stage, self.title, self.index, self.total, self.low + low * span, self.low + high * span)
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.stage is not None:
+            done = self.low + fraction * (self.high - self.low)
+            self.stage.report((self.index + done) / self.total, f"{self.title}: {message}")
+
+
+def blurred_fill(image: torch.Tensor, window: int | Sequence[int]) -> torch.Tensor:
+    """The fill hidden voxels take: the image ``[1, C, *S]`` blurred with sigma = window (per axis)."""
+    return _blurred(image, _per_axis(window, image.dim() - 2))
+
+
+def _blurred(image: torch.Tensor, window: tuple[int, ...]) -> torch.Tensor:
+    sigma = [0.0] + [float(w) for w in window]
+    return torch.from_numpy(gaussian_filter(image[0].numpy(), sigma=sigma, mode="nearest")).unsqueeze(0)
+
+
+def _boxes(image: torch.Tensor, fill: torch.Tensor, window: tuple, stride: tuple) -> list[tuple[slice, ...]]:
+    """Every window's box, without those whose content the fill would not change."""
+    spatial = image.shape[2:]
+    window = tuple(min(w, s) for w, s in zip(window, spatial))
+    starts = itertools.product(*(_axis_starts(s, w, st) for s, w, st in zip(spatial, window, stride)))
+    boxes = [tuple(slice(p, p + w) for p, w in zip(start, window)) for start in starts]
+    return [box for box in boxes if (image[(..., *box)] - fill[(..., *box)]).abs().max() > 1e-6]
+
+
+def _average(image: torch.Tensor, boxes: list, drops: torch.Tensor) -> torch.Tensor:
+    """The map ``[1, 1, *S]``: each voxel's drops averaged over the windows that cover it (0 if none)."""
+    attribution = torch.zeros_like(image[:, :1])
+    counts = torch.zeros_like(attribution)
+    for box, drop in zip(boxes, drops.tolist()):
+        attribution[(0, slice(None), *box)] += drop
+        counts[(0, slice(None), *box)] += 1
+    return torch.where(counts > 0, attribution / counts.clamp(min=1), attribution)
 
 
 def _per_axis(value: int | Sequence[int], dims: int) -> tuple[int, ...]:
