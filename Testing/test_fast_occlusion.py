@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 
 from XAIExplainLib.explainers import Occlusion
 from XAIExplainLib.targets import class_logit, region_logit_sum

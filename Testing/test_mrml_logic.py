@@ -2,7 +2,6 @@
 subject hierarchy, re-runs, and a save / load round trip."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -227,7 +227,7 @@ def test_cli_robustness_sanity_faithfulness_write_json_csv_png(case_file, classi
                  "gaussian-noise,blur", "--severities", "2,5", "--seed", "1", "--out", str(out)]) == 0
     report = json.loads((out / "robustness.json").read_text(encoding="utf-8"))
     assert set(report["perturbations"]) == {"gaussian-noise", "blur"} and report["settings"]["seed"] == 1
-    with open(out / "robustness.csv", newline="") as stream:
+    with open(out / "robustness.csv", newline="", encoding="utf-8") as stream:
         assert len(list(csv.DictReader(stream))) == 2 * 3
     assert (out / "robustness.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -8,7 +8,6 @@ Logic needs none of them to run, so minimal stand-ins are installed for the impo
 
 from __future__ import annotations
 
-import enum
 import importlib
 import sys
 import types
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 

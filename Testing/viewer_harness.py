@@ -101,13 +101,8 @@ def views_pixels(page) -> np.ndarray:
 
 def heat_mask(rgb: np.ndarray) -> np.ndarray:
     """Pixels coloured by the heat map (saturated, red dominant) — not grey anatomy, not the green outline."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    r, g = rgb[..., 0], rgb[..., 1]
     return (rgb.max(axis=-1) - rgb.min(axis=-1) > 60) & (r > 110) & (r >= g)
-
-
-def outline_mask(rgb: np.ndarray) -> np.ndarray:
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return (g > 150) & (g - r > 60) & (g - b > 40)
 
 
 def quadrants(rgb: np.ndarray) -> dict[str, np.ndarray]:

@@ -28,7 +28,6 @@ from typing import Any, Callable, Optional
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "XAIExplain")]
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 

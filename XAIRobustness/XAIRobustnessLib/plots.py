@@ -15,7 +15,7 @@ Each figure answers one question at a glance, in the reader's terms:
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping
 
 import matplotlib
 

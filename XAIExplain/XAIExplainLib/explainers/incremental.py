@@ -205,7 +205,6 @@ class IncrementalInference(OccludedInference):
         kernel, stride, padding, dilation, pad_value = _windowed_geometry(module)
         source = node.args[0]
         patch = env[source]
-        in_shape = self.cache[source].shape[2:]
         out_shape = self.cache[node].shape[2:]
         lows, highs = [], []
         for start in patch.starts:

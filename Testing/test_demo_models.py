@@ -1,0 +1,146 @@
+"""The demo model bundles in Resources/Models: the bundle contract and the training scripts.
+
+Held-out performance (evaluation seed 4242, used nowhere in training) is checked by
+Testing/heldout_checks.py, run by hand until the models meet their targets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from XAIExplainLib.data import make_case
+from XAIExplainLib.training import brain_classifier, brain_segmenter, chest_classifier
+from XAIExplainLib.training.common import (
+    model_grid_for, sha256_of, to_model_input,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "Resources" / "Models"
+EVAL_SEED = 4242
+BUNDLES = {
+    "brain-lesion-classifier": {"kind": "brain-mri", "task": "classification", "modality": "MR"},
+    "brain-lesion-segmenter": {"kind": "brain-mri", "task": "segmentation", "modality": "MR"},
+    "chest-nodule-classifier": {"kind": "chest-ct", "task": "classification", "modality": "CT"},
+}
+N_BRAIN, N_CHEST = 40, 40
+
+
+def _metadata(name: str) -> dict:
+    return json.loads((MODELS / name / "configs" / "metadata.json").read_text(encoding="utf-8"))
+
+
+def _network(name: str) -> torch.nn.Module:
+    """Build the network the way the engine's contract says, strict state-dict load."""
+    import monai
+
+    definition = dict(json.loads((MODELS / name / "configs" / "inference.json").read_text(encoding="utf-8"))["network_def"])
+    target = definition.pop("_target_")
+    network = getattr(monai.networks.nets, target.rsplit(".", 1)[1])(**definition)
+    state = torch.load(MODELS / name / "models" / "model.pt", weights_only=True, map_location="cpu")
+    network.load_state_dict(state, strict=True)
+    return network.eval()
+
+
+def _literal_only(value) -> bool:
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if isinstance(value, dict):
+        return all(_literal_only(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_literal_only(v) for v in value)
+    return value is None or isinstance(value, (int, float, bool))
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_follows_the_contract(name):
+    folder = MODELS / name
+    for part in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+        assert (folder / part).is_file(), f"{name}: {part} is missing"
+    inference = json.loads((folder / "configs" / "inference.json").read_text(encoding="utf-8"))
+    assert inference["network_def"]["_target_"].startswith("monai.networks.nets.")
+    assert _literal_only(inference)
+    meta = _metadata(name)
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "name", "task", "description",
+                "authors", "copyright", "network_data_format"):
+        assert key in meta, key
+    image = meta["network_data_format"]["inputs"]["image"]
+    for key in ("type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range",
+                "is_patch_data", "channel_def"):
+        assert key in image, key
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    for key in ("type", "format", "num_channels", "spatial_shape", "dtype", "channel_def"):
+        assert key in pred, key
+    xai = meta["xai"]
+    assert xai["task"] == BUNDLES[name]["task"] and xai["modality"] == BUNDLES[name]["modality"]
+    assert len(xai["class_names"]) == pred["num_channels"] == 2
+    card = xai["model_card"]
+    assert "not for clinical use" in card["intended_use"]
+    assert card["training_command"].startswith("python -m XAIExplainLib.training.")
+    assert card["held_out_metrics"]["n"] >= 40 and card["held_out_metrics"]["seed"] != EVAL_SEED
+    if BUNDLES[name]["kind"] == "brain-mri":
+        assert "Louis Collins" in meta["copyright"] and "Louis Collins" in (folder / "docs" / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_weights_hash_size_and_strict_load(name):
+    weights = MODELS / name / "models" / "model.pt"
+    assert weights.stat().st_size <= 5 * 1024 * 1024
+    assert re.fullmatch(r"[0-9a-f]{64}", _metadata(name)["xai"]["weights_sha256"])
+    assert _metadata(name)["xai"]["weights_sha256"] == sha256_of(weights)
+    network = _network(name)
+    network.get_submodule(_metadata(name)["xai"]["cam_target_layer"])
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_engine_loads_bundle_and_preprocesses_like_training(name):
+    """The engine's loader accepts the bundle untrusted; its model-grid round trip equals ours."""
+    from XAIExplainLib.models.loading import load_model
+    from XAIExplainLib.preprocessing import model_grid, normalise_intensity, to_model_grid
+
+    loaded = load_model(MODELS / name)
+    meta = _metadata(name)["xai"]
+    image, _, _ = make_case(BUNDLES[name]["kind"], EVAL_SEED, 0)
+    # An oblique, anisotropic version of the case, to exercise the resampling.
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(0.1, -0.05, 0.2)
+    direction = np.asarray(rotation.GetMatrix()).reshape(3, 3) @ np.asarray(image.GetDirection()).reshape(3, 3)
+    oblique = sitk.Image(image)
+    oblique.SetDirection(direction.flatten().tolist())
+    ours = to_model_input(oblique, meta)
+    grid = model_grid(oblique, loaded.spec.input)
+    theirs = normalise_intensity(to_model_grid(oblique, grid), loaded.spec.intensity)
+    assert ours.shape == theirs.shape
+    assert np.allclose(ours, theirs, atol=1e-4)
+    ours_grid = model_grid_for(oblique, meta)
+    assert np.allclose(ours_grid.GetOrigin(), grid.GetOrigin()) and ours_grid.GetSize() == grid.GetSize()
+
+
+SMOKE = {
+    "brain_classifier": (brain_classifier, ["--spacing", "8", "--size", "20", "24", "24"]),
+    "brain_segmenter": (brain_segmenter, ["--spacing", "8", "--patch", "16", "16", "16", "--window", "16", "16", "16",
+                                         "--width", "4", "--patches-per-case", "1", "--batch-size", "2"]),
+    "chest_classifier": (chest_classifier, ["--spacing", "10", "--size", "32", "28", "24"]),
+}
+
+
+@pytest.mark.parametrize("script", SMOKE)
+def test_training_script_runs_one_short_epoch(script, tmp_path):
+    module, extra = SMOKE[script]
+    out = tmp_path / script
+    metrics = module.main(["--out", str(out), "--epochs", "1", "--n-train", "4", "--n-eval", "4",
+                           "--eval-seed", str(EVAL_SEED), *extra])
+    assert metrics["n"] == 4
+    meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    assert meta["xai"]["weights_sha256"] == sha256_of(out / "models" / "model.pt")
+    assert meta["xai"]["model_card"]["held_out_metrics"] == metrics
+    from XAIExplainLib.models.loading import load_model
+
+    loaded = load_model(out)
+    assert loaded.spec.task == meta["xai"]["task"]
