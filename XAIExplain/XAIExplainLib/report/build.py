@@ -23,6 +23,7 @@ from ..audiences import (
     get_audience,
     methods_csv,
 )
+from ..audiences.presets import LESION_OUTLINE
 from ..errors import XAIInputError, XAIModelError
 from ..models import LoadedModel
 from ..pipeline import explain_image
@@ -229,7 +230,8 @@ def _reference_outlines(facts: CaseFacts, teaching: bool) -> tuple[list[Outline]
     outlines, legend = [], []
     if facts.lesion is not None:
         outlines.append(Outline(facts.lesion, OUTLINE_COLOURS["lesion"], 1.6))
-        legend.append("Blue line: where the lesion really is." if teaching else "Cyan line: the given lesion mask.")
+        colour = LESION_OUTLINE["name"].capitalize()
+        legend.append(f"{colour} line: where the lesion really is." if teaching else f"{colour} line: the given lesion mask.")
     if facts.segmentation is not None and facts.finding_present:
         outlines.append(Outline(facts.segmentation, OUTLINE_COLOURS["segmentation"]))
         legend.append("Pink line: the program's outline." if teaching else "Magenta line: the model's segmentation.")
