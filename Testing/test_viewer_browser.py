@@ -20,6 +20,13 @@ from viewer_harness import (
 
 DEMO_CASE = ROOT / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
 DEMO_MODEL = "brain-lesion-classifier"
+#: Screenshots of each browser test, kept after the run for people to look at (out/ is not committed).
+SHOTS = ROOT / "out" / "test-screenshots"
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +50,7 @@ def test_run_puts_the_heat_map_on_the_slice_views(viewer_url):
         assert heat_mask(before).sum() == 0, "heat colours before anything ran"
         _run(page)
         assert page.inner_text("#prediction").strip()
+        _shot(page, "run")
         views = quadrants(views_pixels(page))
         for name in ("axial", "coronal", "sagittal"):
             heat = heat_mask(views[name])
@@ -56,6 +64,7 @@ def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(viewer_url, tmp_p
         page = open_page(instance, viewer_url)
         page.set_input_files("#upload", str(bad))
         page.wait_for_selector("#error", state="visible", timeout=30_000)
+        _shot(page, "bad-upload")
         assert "Could not read scan.nii.gz" in page.inner_text("#error")
         _run(page)  # the loaded case is still there and runs
         assert page.inner_text("#prediction")
@@ -77,6 +86,7 @@ def test_switching_audience_rewrites_the_summary(viewer_url):
         page.wait_for_function("document.querySelector('#result-card').innerText.includes('A doctor decides')",
                                timeout=15_000)
         teaching = page.inner_text("#result-card")
+        _shot(page, "teaching")
         assert teaching != radiologist
         assert "RAS" in radiologist and "RAS" not in teaching  # coordinates for the radiologist only
         _choose(page, "audience-select", "Researcher")
@@ -93,6 +103,7 @@ def test_robustness_tab_plots_the_sweep_and_the_report_downloads(viewer_url, tmp
         page.click("#tab-robustness")
         page.click("#run-robustness")
         page.wait_for_selector("#robustness-plot", state="visible", timeout=300_000)
+        _shot(page, "robustness")
         plot = page.locator("#plot-image")
         assert plot.is_visible()
         size = plot.evaluate("img => [img.naturalWidth, img.naturalHeight]")
@@ -100,6 +111,7 @@ def test_robustness_tab_plots_the_sweep_and_the_report_downloads(viewer_url, tmp
         assert "severity" in " ".join(page.locator("#robustness-result").all_inner_texts())
         page.click("#plot-close")
         page.click("#tab-explain")
+        _choose(page, "audience-select", "Radiologist")  # the presenter scene is shared with earlier tests
         page.click("#make-report")
         page.wait_for_selector("#download-report", state="visible", timeout=300_000)
         with page.expect_download() as download:
