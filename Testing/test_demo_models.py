@@ -16,9 +16,10 @@ import SimpleITK as sitk
 import torch
 
 from XAIExplainLib.data import make_case
+from XAIExplainLib.models import file_sha256
 from XAIExplainLib.training import brain_classifier, brain_segmenter, chest_classifier
 from XAIExplainLib.training.common import (
-    model_grid_for, sha256_of, to_model_input,
+    model_grid_for, to_model_input,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_weights_hash_size_and_strict_load(name):
     weights = MODELS / name / "models" / "model.pt"
     assert weights.stat().st_size <= 5 * 1024 * 1024
     assert re.fullmatch(r"[0-9a-f]{64}", _metadata(name)["xai"]["weights_sha256"])
-    assert _metadata(name)["xai"]["weights_sha256"] == sha256_of(weights)
+    assert _metadata(name)["xai"]["weights_sha256"] == file_sha256(weights)
     network = _network(name)
     network.get_submodule(_metadata(name)["xai"]["cam_target_layer"])
 
@@ -138,7 +139,7 @@ def test_training_script_runs_one_short_epoch(script, tmp_path):
                            "--eval-seed", str(EVAL_SEED), *extra])
     assert metrics["n"] == 4
     meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    assert meta["xai"]["weights_sha256"] == sha256_of(out / "models" / "model.pt")
+    assert meta["xai"]["weights_sha256"] == file_sha256(out / "models" / "model.pt")
     assert meta["xai"]["model_card"]["held_out_metrics"] == metrics
     from XAIExplainLib.models.loading import load_model
 
