@@ -329,12 +329,17 @@ def _estimate_uncertainty(model: LoadedModel, case: PreparedCase, method: str, t
     return uncertainty_map, info
 
 
+def _single_pass_explainer(model: LoadedModel, method: str):
+    """``method`` when one pass computes it, else Grad-CAM (or the gradient when the model has no CAM layer)."""
+    if method not in _SINGLE_PASS_METHODS:
+        method = "gradcam" if model.spec.cam_target_layer and not model.is_torchscript else "gradient"
+    return make_explainer(method, model.network, model.spec.cam_target_layer)
+
+
 def _explanation_spread(model: LoadedModel, case: PreparedCase, method: str, target: Target, kind: str,
                         n_samples: int, seed: int, stage: Stage) -> tuple[torch.Tensor, str]:
     """Per-voxel standard deviation of a single-pass explanation over stochastic samples."""
-    if method not in _SINGLE_PASS_METHODS:
-        method = "gradcam" if model.spec.cam_target_layer and not model.is_torchscript else "gradient"
-    explainer = make_explainer(method, model.network, model.spec.cam_target_layer)
+    explainer = _single_pass_explainer(model, method)
     if kind == "mc-dropout":
         torch.manual_seed(seed)
         with mc_dropout(model.network):
@@ -362,8 +367,7 @@ def _ensemble_uncertainty(model: LoadedModel, ensemble: Sequence[LoadedModel], i
             probability_maps.append(case.probabilities_to_input_grid(probabilities[0]))
         else:
             class_probabilities.append(probabilities[0])
-            spread_method = method if method in _SINGLE_PASS_METHODS else "gradcam"
-            explainer = make_explainer(spread_method, member.network, member.spec.cam_target_layer)
+            explainer = _single_pass_explainer(member, method)
             saliency = explainer.attribute(case.inputs, class_logit(target.class_index))[0, 0]
             saliencies.append(sitk.GetArrayFromImage(case.to_input_grid(saliency)))
         stage.report((i + 1) / len(members), f"ensemble member {i + 1}/{len(members)}")
