@@ -8,7 +8,7 @@ from typing import Any
 
 from XAIExplainLib.errors import XAIInputError
 
-__all__ = ["add_viewer_command"]
+__all__ = ["add_viewer_command", "free_port"]
 
 
 def add_viewer_command(commands: Any) -> None:
@@ -38,7 +38,7 @@ def run_viewer(args: argparse.Namespace) -> int:
         from XAIExplainLib.models import read_model_spec, resolve_model_path
 
         read_model_spec(resolve_model_path(args.model))
-    port = args.port or _free_port(args.host)
+    port = args.port or free_port(args.host)
     _check_port_free(args.host, port)
     token = None if is_loopback(args.host) else (args.token or new_token())
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{port}/"
@@ -60,7 +60,8 @@ def run_viewer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A port the system considers free on ``host`` now."""
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]

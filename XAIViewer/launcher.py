@@ -11,12 +11,13 @@ import asyncio
 import hmac
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 from aiohttp import web
+
+from .cli import free_port
 
 __all__ = ["Launcher", "run_launcher"]
 
@@ -48,7 +49,7 @@ class Launcher:
         return web.HTTPFound(re.sub(r"^http://[^/:]+", f"http://{browser_host}", url))
 
     async def _start_session(self) -> str:
-        port = _free_port(self.host)
+        port = free_port(self.host)
         args = [sys.executable, "-m", "XAIExplainLib.cli", "viewer", "--host", self.host, "--port", str(port),
                 "--idle-timeout", str(self.idle_timeout_s)]
         if self.case:
@@ -89,8 +90,3 @@ def run_launcher(launcher: Launcher, port: int, url: str) -> None:
     print(f"SlicerXAI classroom (one viewer per student): open {url}  (Ctrl+C to stop)", flush=True)
     web.run_app(app, host=launcher.host, port=port, print=None)
 
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
