@@ -7,6 +7,7 @@ checked against the one recorded in the metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import XAIModelError
+from .pooling import MaxPooledClassifier, pooled_layer_name
 from .safe_config import build_network
 from .spec import ModelSpec
 
@@ -137,8 +139,11 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
         network, source = _load_torchscript(weights), "torchscript"
     else:
         network, source = _load_bundle_network(path, weights, trust_bundle), "bundle"
-    network.eval()
     _check_input_channels(network, spec, path.name)
+    if spec.output_pooling is not None:
+        network = MaxPooledClassifier(network, spec.positive_class, spec.output_activation)
+        spec = dataclasses.replace(spec, cam_target_layer=pooled_layer_name(spec.cam_target_layer))
+    network.eval()
     return LoadedModel(network=network, spec=spec, path=path.absolute(), sha256=sha256, source=source)
 
 

@@ -11,10 +11,17 @@ from typing import Any, Mapping, Optional
 
 from ..errors import XAIModelError
 from ..preprocessing import InputSpec, IntensitySpec
+from .pooling import POOLINGS
 
-__all__ = ["ModelSpec", "TASKS"]
+__all__ = ["ModelSpec", "TASKS", "covers_whole_image"]
 
 TASKS = ("classification", "segmentation")
+
+
+def covers_whole_image(xai: Mapping[str, Any]) -> bool:
+    """Whether the network sees the whole image (segmentation, or a classifier pooling a dense map)
+    rather than a fixed-size crop of it."""
+    return xai.get("task") == "segmentation" or xai.get("output_pooling") is not None
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class ModelSpec:
     modality: Optional[str] = None
     clinical_tasks: tuple[str, ...] = ()
     output_activation: str = "softmax"
+    output_pooling: Optional[str] = None
     weights_sha256: Optional[str] = None
     description: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -62,12 +70,21 @@ class ModelSpec:
         )
         channel_def = image_format.get("channel_def", {}) or {}
         positive = xai.get("positive_class")
+        pooling = xai.get("output_pooling")
+        if pooling is not None:
+            if task != "classification" or pooling not in POOLINGS:
+                raise XAIModelError(
+                    f"Model '{default_name}': output_pooling must be one of {', '.join(POOLINGS)} and needs a "
+                    f"classification task."
+                )
+            if positive is None:
+                raise XAIModelError(f"Model '{default_name}': output_pooling needs xai.positive_class.")
         return cls(
             name=str(metadata.get("name", default_name)),
             version=str(metadata.get("version", "0")),
             task=task,
             class_names=class_names,
-            input=InputSpec.from_metadata(xai.get("input", {}), covers_whole_image=task == "segmentation"),
+            input=InputSpec.from_metadata(xai.get("input", {}), covers_whole_image=covers_whole_image(xai)),
             intensity=IntensitySpec.from_metadata(xai.get("intensity", {"kind": "none"})),
             num_channels=int(image_format.get("num_channels", 1)),
             channel_names=tuple(str(channel_def[k]) for k in sorted(channel_def, key=str)),
@@ -76,6 +93,7 @@ class ModelSpec:
             modality=xai.get("modality"),
             clinical_tasks=tuple(xai.get("clinical_tasks", ())),
             output_activation=activation,
+            output_pooling=pooling,
             weights_sha256=xai.get("weights_sha256"),
             description=str(metadata.get("description", "")),
             metadata=metadata,

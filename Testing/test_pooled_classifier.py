@@ -1,0 +1,74 @@
+"""Classifiers that score a case by its most suspicious voxel (``xai.output_pooling: "max"``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import SEGMENTER_DEF, build, make_image, write_bundle
+
+from XAIExplainLib.errors import XAIModelError
+from XAIExplainLib.models import load_model
+from XAIExplainLib.models.pooling import MaxPooledClassifier
+from XAIExplainLib.pipeline import explain_image
+
+POOLED_XAI = {
+    "task": "classification",
+    "class_names": ["no lesion", "lesion"],
+    "positive_class": 1,
+    "output_pooling": "max",
+    "cam_target_layer": "model.1.submodule.0",
+    "modality": "MR",
+    "input": {"spacing_mm": [2.0, 2.0, 2.0], "orientation": "RAS", "size": [16, 16, 16], "divisible_by": 4},
+    "intensity": {"kind": "none"},
+}
+
+
+class _Brightness(torch.nn.Module):
+    """Dense two-class logits: background 0, lesion = intensity − 1 (bright voxels are lesion)."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), x - 1.0], dim=1)
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (7, 9, 5)])
+def test_case_probability_is_the_largest_voxel_probability(shape):
+    torch.manual_seed(0)
+    image = torch.randn(2, 1, *shape)
+    head = MaxPooledClassifier(_Brightness(), positive_class=1)
+    case = torch.softmax(head(image), dim=1)[:, 1]
+    voxels = torch.softmax(_Brightness()(image), dim=1)[:, 1].flatten(1).max(dim=1).values
+    assert torch.allclose(case, voxels)
+
+
+def test_only_the_deciding_voxel_receives_gradient():
+    image = torch.zeros(1, 1, 6, 6, 6, requires_grad=True)
+    with torch.no_grad():
+        image[0, 0, 4, 1, 2] = 3.0
+    MaxPooledClassifier(_Brightness(), positive_class=1)(image)[0, 1].backward()
+    nonzero = torch.nonzero(image.grad[0, 0]).tolist()
+    assert nonzero == [[4, 1, 2]]
+
+
+@pytest.fixture(scope="module")
+def pooled_bundle(tmp_path_factory):
+    return write_bundle(tmp_path_factory.mktemp("models") / "tiny-pooled", SEGMENTER_DEF, build(SEGMENTER_DEF), POOLED_XAI)
+
+
+def test_pooled_bundle_sees_the_whole_image_and_explains_on_its_grid(pooled_bundle):
+    model = load_model(pooled_bundle)
+    assert isinstance(model.network, MaxPooledClassifier)
+    assert model.network.get_submodule(model.spec.cam_target_layer) is not None
+    assert model.spec.input.size is None  # the whole image, not a fixed crop
+    image = make_image((37, 29, 23), spacing=(1.5, 1.5, 2.5))
+    result = explain_image(image, model, method="gradcam", target=1)
+    assert result.saliency.GetSize() == image.GetSize()
+    probabilities = list(result.prediction["probabilities"].values())
+    assert np.isfinite(probabilities).all() and abs(sum(probabilities) - 1.0) < 1e-5
+
+
+def test_pooling_on_a_segmentation_task_is_refused(tmp_path):
+    xai = dict(POOLED_XAI, task="segmentation")
+    bundle = write_bundle(tmp_path / "bad", SEGMENTER_DEF, build(SEGMENTER_DEF), xai)
+    with pytest.raises(XAIModelError, match="output_pooling"):
+        load_model(bundle)
