@@ -17,7 +17,7 @@ import torch
 
 from XAIExplainLib.data import make_case
 from XAIExplainLib.models import file_sha256
-from XAIExplainLib.training import brain_classifier, brain_segmenter, chest_classifier
+from XAIExplainLib.training.__main__ import main as train_main
 from XAIExplainLib.training.common import (
     model_grid_for, to_model_input,
 )
@@ -83,7 +83,7 @@ def test_bundle_follows_the_contract(name):
     assert len(xai["class_names"]) == pred["num_channels"] == 2
     card = xai["model_card"]
     assert "not for clinical use" in card["intended_use"]
-    assert card["training_command"].startswith("python -m XAIExplainLib.training.")
+    assert card["training_command"].startswith(f"python -m XAIExplainLib.training {name} ")
     assert card["held_out_metrics"]["n"] >= 40 and card["held_out_metrics"]["seed"] != EVAL_SEED
     if BUNDLES[name]["kind"] == "brain-mri":
         assert "Louis Collins" in meta["copyright"] and "Louis Collins" in (folder / "docs" / "README.md").read_text(encoding="utf-8")
@@ -123,20 +123,16 @@ def test_engine_loads_bundle_and_preprocesses_like_training(name):
     assert np.allclose(ours_grid.GetOrigin(), grid.GetOrigin()) and ours_grid.GetSize() == grid.GetSize()
 
 
-SMOKE = {
-    "brain_classifier": (brain_classifier, ["--spacing", "8", "--size", "20", "24", "24"]),
-    "brain_segmenter": (brain_segmenter, ["--spacing", "8", "--patch", "16", "16", "16", "--window", "16", "16", "16",
-                                         "--width", "4", "--patches-per-case", "1", "--batch-size", "2"]),
-    "chest_classifier": (chest_classifier, ["--spacing", "10", "--size", "32", "28", "24"]),
-}
+SMOKE_SETTINGS = ["--spacing", "8", "--patch", "16", "16", "16", "--window", "16", "16", "16", "--width", "4",
+                  "--patches-per-case", "1", "--batch-size", "2", "--init", "none"]
 
 
-@pytest.mark.parametrize("script", SMOKE)
-def test_training_script_runs_one_short_epoch(script, tmp_path):
-    module, extra = SMOKE[script]
-    out = tmp_path / script
-    metrics = module.main(["--out", str(out), "--epochs", "1", "--n-train", "4", "--n-eval", "4",
-                           "--eval-seed", str(EVAL_SEED), *extra])
+@pytest.mark.parametrize("name", BUNDLES)
+def test_training_script_runs_one_short_epoch(name, tmp_path):
+    out = tmp_path / name
+    case_epochs = "1" if BUNDLES[name]["task"] == "classification" else "0"
+    metrics = train_main([name, "--out", str(out), "--epochs", "1", "--n-train", "4", "--n-eval", "4",
+                          "--eval-seed", str(EVAL_SEED), "--case-epochs", case_epochs, *SMOKE_SETTINGS])
     assert metrics["n"] == 4
     meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert meta["xai"]["weights_sha256"] == file_sha256(out / "models" / "model.pt")

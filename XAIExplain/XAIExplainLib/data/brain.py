@@ -8,9 +8,12 @@ as shipped inside the ``nilearn`` wheel. Each case is made by:
 1. resampling the template onto a new grid (in-plane 1.8–2.2 mm, slices 2–3 mm) through a random
    affine transform composed with a cubic B-spline free-form deformation (Rueckert et al., IEEE TMI
    1999) — an elastic deformation of the anatomy;
-2. painting 0–2 lesions (5–25 mm equivalent diameter, lobulated ellipsoids) inside grey/white matter:
-   solid enhancing, ring-enhancing with a necrotic core, or hypointense; optionally with a hypointense
-   oedema halo (not part of the mask); about one lesion in five is subtle (reduced contrast);
+2. painting 0–2 lesions (5–25 mm equivalent diameter, one in ten under 8 mm; lobulated ellipsoids) inside
+   grey/white matter, as they look on a contrast-enhanced T1: solid enhancing (55 %) or ring-enhancing
+   with a necrotic core (45 %), of varied enhancement; optionally with a hypointense oedema halo (not
+   part of the mask); about one lesion in five is subtle (reduced contrast). Non-enhancing (T1-dark)
+   lesions are not generated: next to grey matter and CSF the small demo networks could not learn them
+   within their CPU training budget;
 3. a gamma contrast change, a smooth multiplicative bias field (the N3 model, Sled et al. 1998), a
    small blur (resolution loss), Rician noise (Gudbjartsson & Patz 1995), then skull stripping by
    the deformed brain mask (background exactly 0) and scaling to int16.
@@ -125,7 +128,7 @@ def _paint_lesions(
     centres: list[tuple[np.ndarray, float]] = []
     voxel_mm = float(np.mean(spacing_zyx))
     for label in range(1, count + 1):
-        diameter = float(rng.uniform(5.0, 8.0) if rng.random() < 0.15 else rng.uniform(8.0, 22.0))
+        diameter = float(rng.uniform(5.0, 8.0) if rng.random() < 0.1 else rng.uniform(8.0, 25.0))
         radius = diameter / 2.0
         candidates = np.argwhere((tissue > 0.6) & (depth_mm > radius + 4.0))
         if candidates.size == 0:
@@ -135,7 +138,7 @@ def _paint_lesions(
             if all(np.linalg.norm((centre - c) * spacing_zyx) > radius + r + 6.0 for c, r in centres):
                 break
         centres.append((centre, radius))
-        kind = str(rng.choice(["enhancing", "ring", "hypointense"], p=[0.4, 0.3, 0.3]))
+        kind = str(rng.choice(["enhancing", "ring"], p=[0.55, 0.45]))
         subtle = bool(rng.random() < 0.2)
         strength = float(rng.uniform(0.45, 0.6)) if subtle else 1.0
         blob = irregular_blob(rng, t1.shape, spacing_zyx, centre, radius, elongation=0.25,
@@ -153,8 +156,6 @@ def _paint_lesions(
             core_value = float(rng.uniform(60.0, 100.0))
             rim_start = float(rng.uniform(0.5, 0.7))
             target = np.where(blob.rho > rim_start, rim_value, core_value).astype(np.float32)
-        else:
-            target = np.full(region.shape, float(rng.uniform(80.0, 120.0)), dtype=np.float32)
         # Subtle lesions move only part of the way from the tissue intensity towards the lesion's.
         target = region + strength * (target - region)
         inside *= brain[blob.box]

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from ..models import file_sha256
+from ..models.spec import covers_whole_image
 from ..preprocessing import InputSpec, IntensitySpec, model_grid, normalise_intensity, to_model_grid
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 
 def model_grid_for(image: sitk.Image, xai_meta: Mapping[str, Any]) -> sitk.Image:
     """The empty model grid on which ``image`` is presented to the network (segmentation: whole image)."""
-    spec = InputSpec.from_metadata(xai_meta["input"], covers_whole_image=xai_meta.get("task") == "segmentation")
+    spec = InputSpec.from_metadata(xai_meta["input"], covers_whole_image=covers_whole_image(xai_meta))
     return model_grid(image, spec)
 
 

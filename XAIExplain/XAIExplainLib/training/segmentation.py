@@ -3,7 +3,8 @@
 Training draws random patches from volumes on the model grid, a chosen fraction of them centred on a
 lesion voxel when the case has one (foreground-balanced sampling as in nnU-Net, Isensee et al., Nat. Methods 2021),
 with random left–right flips, and minimises MONAI's Dice + cross-entropy loss (Milletari et al., 3DV
-2016) with AdamW and a one-cycle schedule. Evaluation runs the network on the whole model-grid volume.
+2016) with AdamW and a one-cycle schedule. Evaluation runs the network on the whole model-grid volume,
+as a segmenter (Dice) or, through the engine's max-pooling head, as a case classifier (AUC).
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from .common import dice
+from ..models.pooling import MaxPooledClassifier
+from .common import dice, roc_auc
 from .datasets import ModelGridSet
 
-__all__ = ["random_patch", "train_segmenter", "predict_masks", "evaluate_segmenter"]
+__all__ = [
+    "random_patch",
+    "train_segmenter",
+    "finetune_case_level",
+    "predict_masks",
+    "evaluate_segmenter",
+    "evaluate_pooled_classifier",
+]
 
 
 def random_patch(
@@ -92,6 +101,56 @@ def train_segmenter(
     return losses
 
 
+def finetune_case_level(
+    network: nn.Module,
+    data: ModelGridSet,
+    epochs: int,
+    seed: int,
+    learning_rate: float = 3e-4,
+    positive_class: int = 1,
+    log: Optional[Callable[[str], None]] = None,
+) -> list[float]:
+    """Fine-tune on whole volumes through the max-pooling head, so the case score is what is optimised.
+
+    Patch training never shows the network the one spot of a lesion-free volume it finds most
+    suspicious; here cross-entropy on the case logits (the most suspicious voxel's,
+    :class:`~XAIExplainLib.models.pooling.MaxPooledClassifier`) pushes exactly that voxel down — hard
+    negative mining for free, as in multiple-instance learning (Maron & Lozano-Pérez, NIPS 1998) — while
+    the Dice + cross-entropy of the whole lesion map keeps the localisation. Batch-norm statistics stay
+    frozen (one whole volume per step); dropout stays on.
+    """
+    assert data.masks is not None, "case-level fine-tuning keeps the lesion maps and needs masks"
+    rng = np.random.default_rng(seed)
+    head = MaxPooledClassifier(network, positive_class)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    dense_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    case_loss = nn.CrossEntropyLoss()
+    losses = []
+    for epoch in range(epochs):
+        network.train()
+        for module in network.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        total = 0.0
+        for index in rng.permutation(len(data)):
+            image = torch.from_numpy(data.images[index].astype(np.float32))[None, None]
+            mask = torch.from_numpy(data.masks[index].astype(np.int64))[None, None]
+            if rng.random() < 0.5:
+                image, mask = torch.flip(image, dims=[2]), torch.flip(mask, dims=[2])
+            maps = network(image)
+            case_logits = head.pool(maps)
+            label = torch.tensor([int(data.labels[index])])
+            loss = case_loss(case_logits, label) + (dense_loss(maps, mask) if mask.any() else 0.0)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item()
+        losses.append(total / len(data))
+        if log is not None:
+            log(f"case-level epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}")
+    return losses
+
+
 @torch.no_grad()
 def predict_masks(network: nn.Module, data: ModelGridSet, positive_class: int = 1) -> list[np.ndarray]:
     """Arg-max lesion masks of every case (whole model-grid volume, dropout off)."""
@@ -121,4 +180,24 @@ def evaluate_segmenter(network: nn.Module, data: ModelGridSet) -> dict[str, floa
             float(np.mean([predicted[i].any() for i in without])) if without else 0.0, 4),
         "n": len(data),
         "n_with_lesion": len(with_lesion),
+    }
+
+
+@torch.no_grad()
+def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_class: int = 1) -> dict[str, float]:
+    """ROC AUC, sensitivity and specificity (at 0.5) of the case probability given by the engine's
+    :class:`~XAIExplainLib.models.pooling.MaxPooledClassifier` around ``network`` (dropout off)."""
+    head = MaxPooledClassifier(network, positive_class).eval()
+    scores = np.array([
+        torch.softmax(head(torch.from_numpy(image.astype(np.float32))[None, None]), dim=1)[0, positive_class].item()
+        for image in data.images
+    ])
+    labels = np.asarray(data.labels)
+    called = scores >= 0.5
+    return {
+        "auc": round(roc_auc(scores, labels), 4) if 0 < labels.sum() < len(labels) else None,
+        "sensitivity": round(float(called[labels == 1].mean()), 4) if (labels == 1).any() else None,
+        "specificity": round(float((~called[labels == 0]).mean()), 4) if (labels == 0).any() else None,
+        "n": len(data),
+        "n_with_lesion": int((labels == 1).sum()),
     }
