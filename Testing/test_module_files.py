@@ -56,7 +56,10 @@ def _parameterFields(module):
                 if isinstance(statement, ast.AnnAssign):
                     annotation = ast.unparse(statement.annotation)
                     base = re.sub(r"^Annotated\[(\w+),.*\]$", r"\1", annotation)
-                    if base.startswith("vtkMRML"):
+                    # A node field may also be Optional / a Union of node classes.
+                    members = re.findall(r"\w+", re.sub(r"^Optional\[(.*)\]$", r"\1", base))
+                    if base.startswith("vtkMRML") or members and all(
+                            m.startswith("vtkMRML") for m in members if m not in ("Union", "None")):
                         kind = "node"
                     elif base in enums or base in importedEnums:
                         kind = "enum"

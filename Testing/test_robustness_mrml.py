@@ -111,3 +111,33 @@ def test_logic_sanity_and_faithfulness_create_curves(module, parameters):
     logic.runFaithfulness(parameters, steps=4)
     assert _nodeCounts(scene) == counts
     assert np.isfinite(float(curves.GetCellText(0, curves.GetColumnIndex("deletion"))))
+
+
+def test_logic_measures_the_shown_map_against_a_reference_segmentation(module, parameters):
+    """Per-case ground-truth metrics of the explanation on screen, with the reference given as a
+    segmentation node (as a user draws it in Segment Editor) or as a label map; re-runs refill one table."""
+    import SimpleITK as sitk
+
+    scene = parameters.scene
+    image = mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32)
+    saliency = sitk.Image(image.GetSize(), sitk.sitkFloat32)
+    saliency.CopyInformation(image)
+    saliency[25, 18, 16] = 1.0  # the peak, inside the reference blob
+    saliencyNode = mrml.imageToVolumeNode(scene, saliency, "case1 saliency")
+    saliencyNode.SetNodeReferenceID(mrml.results.SOURCE_REFERENCE, parameters.inputVolume.GetID())
+    array = sitk.GetArrayFromImage(image) * 0
+    array[14:19, 16:21, 23:28] = 1
+    mask = sitk.GetImageFromArray(array.astype(np.uint8))
+    mask.CopyInformation(image)
+    segmentation = mrml.showReferenceSegmentation(scene, parameters.inputVolume, mask)
+    logic = module.XAIRobustnessLogic()
+    scores, table = logic.computeLocalisation(saliencyNode, segmentation)
+    assert scores.pointing_hit and scores.mass_in_lesion == pytest.approx(1.0)
+    assert scores.lesion_share == pytest.approx(125 / (array.size), rel=1.0)
+    assert table.GetNumberOfRows() == 5 and table.GetCellText(0, 1) == "1"
+    label = mrml.imageToVolumeNode(scene, mask, "reference labels", className="vtkMRMLLabelMapVolumeNode")
+    again, sameTable = logic.computeLocalisation(saliencyNode, label)
+    assert again == scores and sameTable is table
+    with pytest.raises(ValueError, match="empty"):
+        empty = mrml.imageToVolumeNode(scene, mask * 0, "empty labels", className="vtkMRMLLabelMapVolumeNode")
+        logic.computeLocalisation(saliencyNode, empty)

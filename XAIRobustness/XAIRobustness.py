@@ -1,11 +1,11 @@
 import enum
 import os
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -84,6 +84,7 @@ class XAIRobustnessParameterNode:
     perturbation, maxSeverity - what is perturbed and how far (severities 0..maxSeverity).
     opacity, threshold - how the perturbed case's saliency is shown.
     outputTable, outputPerturbed - the sweep table and the most severe perturbed case of the last run.
+    reference - the case's ground truth (segmentation or label map) to score the shown explanation against.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -95,6 +96,7 @@ class XAIRobustnessParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
     outputTable: vtkMRMLTableNode
     outputPerturbed: vtkMRMLScalarVolumeNode
+    reference: Optional[Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]] = None
 
 
 #
@@ -128,6 +130,7 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.sanityButton.connect("clicked(bool)", self.onSanityButton)
         self.ui.faithfulnessButton.connect("clicked(bool)", self.onFaithfulnessButton)
+        self.ui.localisationButton.connect("clicked(bool)", self.onLocalisationButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.progressBar.hide()
         self.ui.statusLabel.text = ""
@@ -199,11 +202,13 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = True
             self.ui.sanityButton.enabled = self._cancelToken is None
             self.ui.faithfulnessButton.enabled = self._cancelToken is None
+            self.ui.localisationButton.enabled = self._parameterNode.reference is not None
         else:
             self.ui.applyButton.toolTip = _("Select an input volume and a model.")
             self.ui.applyButton.enabled = False
             self.ui.sanityButton.enabled = False
             self.ui.faithfulnessButton.enabled = False
+            self.ui.localisationButton.enabled = False
 
     def onApplyButton(self) -> None:
         self._runLong(lambda progress, cancel: self.logic.runSweep(self._parameterNode, progress=progress, cancel=cancel),
@@ -217,6 +222,19 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runLong(lambda progress, cancel: self.logic.runFaithfulness(self._parameterNode, progress=progress,
                                                                           cancel=cancel),
                       _("The faithfulness test failed."))
+
+    def onLocalisationButton(self) -> None:
+        """Score the explanation XAIExplain last showed for the input against the chosen reference."""
+        with slicer.util.tryWithErrorDisplay(_("Scoring against the reference failed."), waitCursor=True):
+            from XAIExplainLib import mrml
+
+            saliencyNode = mrml.findResultNode(slicer.mrmlScene, self._parameterNode.inputVolume, "saliency")
+            scores, _tableNode = self.logic.computeLocalisation(saliencyNode, self._parameterNode.reference)
+            self.ui.statusLabel.text = _(
+                "Peak {where} the reference; {mass:.0%} of the positive evidence inside it (chance {share:.1%}); "
+                "AUPRC {auprc:.2f}; top-k IoU {iou:.2f}.").format(
+                where=_("inside") if scores.pointing_hit else _("outside"), mass=scores.mass_in_lesion,
+                share=scores.lesion_share, auprc=scores.auprc, iou=scores.top_k_iou)
 
     def _runLong(self, work, failureMessage: str) -> None:
         """Run ``work(progress, cancel)`` with the progress bar; Apply becomes Cancel meanwhile."""
@@ -327,6 +345,31 @@ class XAIRobustnessLogic(ScriptedLoadableModuleLogic):
                                    progress=progress, cancel=cancel)
         tableNode, _chartNode = showFaithfulness(parameters.inputVolume.GetScene(), parameters.inputVolume, result)
         return result, tableNode
+
+    def computeLocalisation(self, saliencyNode, referenceNode):
+        """Ground-truth metrics of the shown explanation: pointing game, share of positive attribution
+        mass in the reference (against its share of the body), AUPRC and top-k IoU
+        (``XAIRobustnessLib.localisation``). ``referenceNode``: a segmentation or label map of the case.
+        Returns ``(scores, tableNode)``."""
+        import SimpleITK as sitk
+
+        from XAIExplainLib import mrml
+        from XAIRobustnessLib.localisation import localisation_scores
+        from XAIRobustnessLib.sweepNodes import showLocalisation
+
+        if saliencyNode is None:
+            raise ValueError(_("Run an explanation first: there is no saliency map to measure."))
+        scene = saliencyNode.GetScene()
+        inputNode = saliencyNode.GetNodeReference(mrml.results.SOURCE_REFERENCE)
+        saliency = mrml.volumeNodeToImage(saliencyNode, sitk.sitkFloat32)
+        lesion = mrml.referenceMaskImage(scene, referenceNode, saliencyNode)
+        image = mrml.volumeNodeToImage(inputNode, sitk.sitkFloat32) if inputNode is not None else None
+        if image is not None and not mrml.sameGrid(image, saliencyNode):
+            image = None  # the body is then the whole grid
+        if not sitk.GetArrayViewFromImage(lesion).any():
+            raise ValueError(_("The reference segmentation is empty on this image: there is no lesion to measure against."))
+        scores = localisation_scores(saliency, lesion, image)
+        return scores, showLocalisation(scene, saliencyNode, referenceNode, scores)
 
     def _imageAndModel(self, parameters):
         import SimpleITK as sitk

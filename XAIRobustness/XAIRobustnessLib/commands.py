@@ -1,9 +1,9 @@
-"""``slicer-xai robustness``, ``slicer-xai sanity`` and ``slicer-xai faithfulness``.
+"""``slicer-xai robustness``, ``sanity``, ``faithfulness`` and ``bench``.
 
 Registered on the main parser by :func:`add_robustness_commands`; they follow the command line's
 conventions (:mod:`XAIExplainLib.cli`): progress on stderr, one-line errors (exit 2) for bad input,
 nothing left in ``--out`` unless everything was written. Each writes a JSON report, a CSV table and
-a PNG figure.
+a PNG figure (bench: a CSV, a Markdown table, a PNG and a JSON summary).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _METHODS = ("gradcam", "gradcampp", "gradient", "smoothgrad", "ig", "occlusion")
 
 
 def add_robustness_commands(commands: argparse._SubParsersAction) -> None:
-    """Add the three subcommands to ``slicer-xai``'s subparsers."""
+    """Add the robustness, sanity, faithfulness and bench subcommands to ``slicer-xai``'s subparsers."""
     from .perturbations import PERTURBATIONS
 
     robustness = commands.add_parser("robustness", help="perturb the image and see where prediction and explanation break")
@@ -52,6 +52,23 @@ def add_robustness_commands(commands: argparse._SubParsersAction) -> None:
     faithfulness.add_argument("--blur-mm", type=float, default=10.0,
                               help="Gaussian sigma of the 'removed' value, mm (default 10)")
     faithfulness.set_defaults(handler=_faithfulness)
+
+    bench = commands.add_parser("bench", help="score explanation methods against ground-truth lesion masks")
+    bench.add_argument("--model", required=True, help="bundled model name, bundle folder or TorchScript file")
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cases", help="folder of images, each with its '<name>_mask' beside it")
+    source.add_argument("--synth", type=int, help="generate this many cases for the model's modality")
+    bench.add_argument("--methods", type=_names(_METHODS, "method"), default=("gradcam", "gradient"),
+                       help=f"comma-separated, from: {', '.join(_METHODS)} (default gradcam,gradient)")
+    bench.add_argument("--sanity-cases", type=int, default=2,
+                       help="cases on which the randomisation check runs (default 2)")
+    bench.add_argument("--no-faithfulness", action="store_true", help="skip deletion / insertion")
+    bench.add_argument("--no-stability", action="store_true", help="skip the mild-perturbation stability")
+    bench.add_argument("--seed", type=int, default=0, help="seed of generated cases and of the methods")
+    bench.add_argument("--trust-bundle", action="store_true",
+                       help="allow the bundle's config to run Python code (only for bundles you trust)")
+    bench.add_argument("--out", required=True, help="output folder")
+    bench.set_defaults(handler=_bench)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -173,4 +190,38 @@ def _faithfulness(args: argparse.Namespace) -> int:
     title = f"Faithfulness — {Path(args.input).name} · {model.model_id}"
     _write(out, "faithfulness", report, rows, lambda path: plot_faithfulness(result, path, title))
     print(result.verdict)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from XAIExplainLib.imageio import staged_output_dir
+    from XAIExplainLib.models import load_model
+
+    from .bench import folder_cases, run_bench, synthetic_cases, write_bench
+
+    model = load_model(args.model, trust_bundle=args.trust_bundle)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise XAIInputError(f"--out {out} exists and is not a folder.")
+    try:
+        if args.cases:
+            cases = folder_cases(Path(args.cases))
+        else:
+            kind = {"MR": "brain-mri", "CT": "chest-ct"}.get(model.spec.modality or "")
+            if kind is None:
+                raise XAIInputError(f"--synth makes brain MRI or chest CT cases; {model.model_id} is for "
+                                    f"{model.spec.modality}: give --cases instead.")
+            cases = synthetic_cases(kind, args.synth, args.seed)
+        result = _run(lambda printer: run_bench(model, cases, args.methods, faithfulness=not args.no_faithfulness,
+                                                stability=not args.no_stability, sanity_cases=args.sanity_cases,
+                                                seed=args.seed, progress=printer))
+    except ValueError as error:
+        raise XAIInputError(str(error)) from None
+    with staged_output_dir(out) as staging:
+        write_bench(result, staging)
+        (staging / "bench.json").write_text(json.dumps({"model": result.model, "settings": result.settings,
+                                                        "summary": result.summary, "sanity": result.sanity},
+                                                       indent=2) + "\n", encoding="utf-8")
+    print((out / "bench.md").read_text(encoding="utf-8"))
+    print(f"Results in {out.absolute()}/: bench.md, bench.csv, bench.png, bench.json")
     return 0

@@ -10,6 +10,7 @@ Each figure answers one question at a glance, in the reader's terms:
 * :func:`plot_sanity` — similarity of each method's map to the original as the network is randomised
   from the output side, with the pass line.
 * :func:`plot_faithfulness` — deletion and insertion curves against random orderings, AUCs in the legend.
+* :func:`plot_bench` — each method's ground-truth scores with bootstrap intervals and chance levels.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .faithfulness import FaithfulnessResult  # noqa: E402
 from .sanity import SanityResult  # noqa: E402
 from .sweep import SPEARMAN_BREAK, RobustnessSweep  # noqa: E402
 
-__all__ = ["plot_sweep", "plot_sanity", "plot_faithfulness"]
+__all__ = ["plot_sweep", "plot_sanity", "plot_faithfulness", "plot_bench"]
 
 _RED, _GREEN, _ORANGE, _BLUE, _GREY = "#c0392b", "#1e8449", "#d35400", "#1f5fbf", "#7f7f7f"
 
@@ -152,5 +153,34 @@ def plot_faithfulness(result: FaithfulnessResult, path: str | os.PathLike, title
                        color=_GREEN if ok else _RED)
     figure.suptitle(f"{title or 'Faithfulness (Petsiuk et al. 2018)'} — target: {result.target}", fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.94))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_bench(summary: Mapping[str, Mapping], metrics, path: str | os.PathLike, title: str = "") -> None:
+    """One panel per metric: each method's mean with its 95 % bootstrap interval; chance levels dashed
+    (the lesion's share of the body for mass in lesion and AUPRC)."""
+    shown = [(c, h, better) for c, h, better in metrics
+             if better is not None and c != "runtime_s" and any(c in s for s in summary.values())]
+    methods = list(summary)
+    columns = min(4, len(shown))
+    rows = (len(shown) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.3 * rows + 0.9), squeeze=False)
+    share = [summary[m]["lesion_share"][0] for m in methods if "lesion_share" in summary[m]]
+    for axis, (column, heading, better) in zip(axes.ravel(), shown):
+        means = [summary[m].get(column, (float("nan"),) * 3) for m in methods]
+        heights = [v[0] for v in means]
+        errors = [[max(0.0, v[0] - v[1]) for v in means], [max(0.0, v[2] - v[0]) for v in means]]
+        axis.bar(range(len(methods)), heights, yerr=errors, capsize=4, color=_BLUE, alpha=0.85)
+        if column in ("mass_in_lesion", "auprc") and share:
+            axis.axhline(max(share), color=_GREY, linestyle="--", linewidth=1, label="lesion share (chance)")
+            axis.legend(fontsize=7, loc="upper right")
+        axis.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+        axis.set_title(f"{heading} ({'higher' if better else 'lower'} is better)", fontsize=9)
+        axis.set_ylim(0, max(1.0, max((v[2] for v in means if v[2] == v[2]), default=1.0) * 1.1))
+    for axis in axes.ravel()[len(shown):]:
+        axis.set_visible(False)
+    figure.suptitle(title or "Explanation methods against the ground-truth lesion (95 % bootstrap CI)", fontsize=11)
+    figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

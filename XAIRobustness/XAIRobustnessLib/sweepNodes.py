@@ -1,11 +1,13 @@
 """A perturbation sweep in the scene: one table row per severity, curves in a plot chart, and the
-perturbed case with its saliency map layered like XAIExplain's results."""
+perturbed case with its saliency map layered like XAIExplain's results; the sanity, faithfulness and
+ground-truth localisation results as tables."""
 
 import numpy as np
+import vtk
 
 from XAIExplainLib import mrml
 
-__all__ = ["sweepColumns", "showSweep", "showPerturbedCase", "showSanity", "showFaithfulness"]
+__all__ = ["sweepColumns", "showSweep", "showPerturbedCase", "showSanity", "showFaithfulness", "showLocalisation"]
 
 
 def sweepColumns(rows: list) -> dict:
@@ -95,3 +97,44 @@ def showFaithfulness(scene, inputNode, result):
     tableNode.SetAttribute("XAI.faithfulness", "pass" if result.passed else "fail")
     tableNode.SetAttribute("XAI.faithfulness.verdict", result.verdict)
     return tableNode, chartNode
+
+
+_LOCALISATION_ROWS = (
+    ("pointing_hit", "pointing game (peak inside the reference)"),
+    ("mass_in_lesion", "share of positive attribution inside"),
+    ("lesion_share", "reference's share of the body (chance level)"),
+    ("auprc", "AUPRC of the map as a lesion detector"),
+    ("top_k_iou", "IoU of the top region (reference-sized)"),
+)
+
+
+def showLocalisation(scene, saliencyNode, referenceNode, scores):
+    """A two-column table (metric, value) of ``scores`` against ``referenceNode``, refilled on re-runs."""
+    name = f"{saliencyNode.GetName()} vs {referenceNode.GetName()}"
+    key = f"{saliencyNode.GetID()} localisation"
+    tableNode = next((n for n in _tablesWith(scene, key)), None)
+    if tableNode is None:
+        tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        tableNode.SetAttribute("XAI.key", key)
+    table = tableNode.GetTable()
+    table.Initialize()
+    metric, value = vtk.vtkStringArray(), vtk.vtkDoubleArray()
+    metric.SetName("metric")
+    value.SetName("value")
+    values = scores.to_dict()
+    for column, label in _LOCALISATION_ROWS:
+        metric.InsertNextValue(label)
+        value.InsertNextValue(float(values[column]))
+    table.AddColumn(metric)
+    table.AddColumn(value)
+    tableNode.Modified()
+    tableNode.SetNodeReferenceID(mrml.results.SOURCE_REFERENCE, saliencyNode.GetID())
+    tableNode.SetNodeReferenceID("XAI.reference", referenceNode.GetID())
+    mrml.placeBesideInput(scene, saliencyNode, tableNode)
+    return tableNode
+
+
+def _tablesWith(scene, key):
+    nodes = scene.GetNodesByClass("vtkMRMLTableNode")
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())
+            if nodes.GetItemAsObject(i).GetAttribute("XAI.key") == key]

@@ -27,6 +27,7 @@ from .results import (
     removeResultNode,
     resultNodeName,
     reviewRegions,
+    referenceMaskImage,
     showReferenceSegmentation,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "setSaliencyThreshold",
     "showCurves",
     "showInSliceViews",
+    "referenceMaskImage",
     "showReferenceSegmentation",
     "sliceCompositeNodesShowing",
     "uncertaintyColorNode",

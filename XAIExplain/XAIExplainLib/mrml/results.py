@@ -27,7 +27,7 @@ from .display import (
     configureUncertaintyDisplay,
     showInSliceViews,
 )
-from .geometry import copyGeometry, imageToVolumeNode, sameGrid, volumeNodeToImageGeometry
+from .geometry import copyGeometry, imageToVolumeNode, sameGrid, volumeNodeToImage, volumeNodeToImageGeometry
 from .hierarchy import placeBesideInput
 from .provenance import setProvenanceAttributes
 
@@ -39,6 +39,7 @@ __all__ = [
     "removeResultNode",
     "resultNodeName",
     "reviewRegions",
+    "referenceMaskImage",
     "showReferenceSegmentation",
     "SOURCE_REFERENCE",
 ]
@@ -203,12 +204,7 @@ def showReferenceSegmentation(scene, inputNode, maskImage: sitk.Image, name: str
     Any voxel > 0 belongs to the reference; re-showing replaces the earlier reference.
     """
     if not sameGrid(maskImage, inputNode):
-        geometry = volumeNodeToImageGeometry(inputNode)
-        grid = sitk.Image([int(v) for v in geometry["size"]], sitk.sitkUInt8)
-        grid.SetSpacing(geometry["spacing"].tolist())
-        grid.SetOrigin(geometry["origin"].tolist())
-        grid.SetDirection(geometry["direction"].tolist())
-        maskImage = sitk.Resample(maskImage, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        maskImage = sitk.Resample(maskImage, _emptyGridOf(inputNode), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     binary = sitk.Cast(maskImage > 0, sitk.sitkUInt8)
     node = _storeSegmentation(scene, inputNode, binary, {"class_names": ["", name]},
                               findResultNode(scene, inputNode, "reference"), role="reference")
@@ -220,6 +216,36 @@ def showReferenceSegmentation(scene, inputNode, maskImage: sitk.Image, name: str
     if segment is not None:
         segment.SetColor(*LESION_OUTLINE["rgb"])
     return node
+
+
+def referenceMaskImage(scene, referenceNode, onNode) -> sitk.Image:
+    """A ground truth given as a segmentation or label-map node, as a 0/1 mask on ``onNode``'s grid
+    (nearest-neighbour: any voxel of any segment or label > 0 is inside)."""
+    if referenceNode is None:
+        raise ValueError("Select the reference segmentation (ground truth) of the case.")
+    if referenceNode.IsA("vtkMRMLSegmentationNode"):
+        labelNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "XAI temporary reference")
+        try:
+            slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(
+                referenceNode, labelNode, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            labels = volumeNodeToImage(labelNode)
+        finally:
+            removeResultNode(scene, labelNode)
+    elif referenceNode.IsA("vtkMRMLScalarVolumeNode"):
+        labels = volumeNodeToImage(referenceNode)
+    else:
+        raise ValueError(f"{referenceNode.GetName()} is neither a segmentation nor a label map.")
+    return sitk.Resample(sitk.Cast(labels > 0, sitk.sitkUInt8), _emptyGridOf(onNode), sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0)
+
+
+def _emptyGridOf(volumeNode) -> sitk.Image:
+    geometry = volumeNodeToImageGeometry(volumeNode)
+    grid = sitk.Image([int(v) for v in geometry["size"]], sitk.sitkUInt8)
+    grid.SetSpacing(geometry["spacing"].tolist())
+    grid.SetOrigin(geometry["origin"].tolist())
+    grid.SetDirection(geometry["direction"].tolist())
+    return grid
 
 
 def _storeSegmentation(scene, inputNode, labelImage, prediction, segmentationNode, role="segmentation"):

@@ -1,0 +1,83 @@
+"""``slicer-xai bench``: explanation methods scored against ground-truth lesions, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_image
+
+from XAIExplainLib.models import load_model
+from XAIRobustnessLib.bench import BenchCase, bootstrap_ci, run_bench
+
+
+def _case(name, blob, seed):
+    image = make_image((32, 28, 24), spacing=(2.0, 2.0, 2.0), blob_index=blob, blob_radius=3.0, seed=seed)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in (24, 28, 32)), indexing="ij")
+    mask = sitk.GetImageFromArray(((i - blob[0]) ** 2 + (j - blob[1]) ** 2 + (k - blob[2]) ** 2 <= 9).astype(np.uint8))
+    mask.CopyInformation(image)
+    return BenchCase(name, image, mask)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_cases():
+    few = bootstrap_ci([0.0, 1.0, 1.0, 0.0])
+    many = bootstrap_ci([0.0, 1.0] * 50)
+    assert few[1] <= few[0] <= few[2] and many[1] <= many[0] <= many[2]
+    assert many[2] - many[1] < few[2] - few[1]
+    assert np.isnan(bootstrap_ci([])[0])
+
+
+def test_bench_scores_every_method_on_every_lesion_case(classifier_bundle):
+    model = load_model(classifier_bundle)
+    cases = [_case("a", (10, 12, 9), 0), _case("b", (20, 14, 12), 1)]
+    empty = BenchCase("no-lesion", cases[0].image, sitk.Image(cases[0].lesion) * 0)
+    result = run_bench(model, [*cases, empty], ["gradcam", "gradient"], sanity_cases=1)
+    assert [(r["case"], r["method"]) for r in result.rows] == [("a", "gradcam"), ("a", "gradient"),
+                                                                ("b", "gradcam"), ("b", "gradient")]
+    for row in result.rows:
+        assert row["pointing_hit"] in (0, 1) and 0 <= row["mass_in_lesion"] <= 1 and 0 <= row["auprc"] <= 1
+        assert 0 < row["lesion_share"] < 0.05 and np.isfinite(row["deletion_auc"]) and row["runtime_s"] > 0
+        assert -1 <= row["stability_spearman"] <= 1
+    assert set(result.summary) == {"gradcam", "gradient"}
+    assert result.summary["gradcam"]["n_cases"] == 2 and result.summary["gradcam"]["sanity_n"] == 1
+
+
+def test_bench_refuses_cases_without_any_lesion(classifier_bundle):
+    model = load_model(classifier_bundle)
+    case = _case("a", (10, 12, 9), 0)
+    with pytest.raises(ValueError, match="ground truth"):
+        run_bench(model, [BenchCase("x", case.image, case.lesion * 0)], ["gradcam"])
+
+
+def test_bench_command_writes_table_csv_plot_from_a_folder(classifier_bundle, tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name, blob, seed in (("one", (10, 12, 9), 0), ("two", (20, 14, 12), 1)):
+        case = _case(name, blob, seed)
+        sitk.WriteImage(case.image, str(cases / f"{name}.nii.gz"))
+        sitk.WriteImage(case.lesion, str(cases / f"{name}_mask.nii.gz"))
+    out = tmp_path / "bench"
+    done = subprocess.run([sys.executable, "-m", "XAIExplainLib.cli", "bench", "--model", str(classifier_bundle),
+                           "--cases", str(cases), "--methods", "gradcam,gradient", "--no-stability",
+                           "--sanity-cases", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "| Grad-CAM | 2 |" in (out / "bench.md").read_text(encoding="utf-8")
+    with open(out / "bench.csv", encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert json.loads((out / "bench.json").read_text(encoding="utf-8"))["summary"]["gradient"]["n_cases"] == 2
+
+
+def test_bench_command_with_a_folder_without_masks_fails_cleanly(classifier_bundle, tmp_path):
+    (tmp_path / "cases").mkdir()
+    sitk.WriteImage(make_image(), str(tmp_path / "cases" / "lonely.nii.gz"))
+    done = subprocess.run([sys.executable, "-m", "XAIExplainLib.cli", "bench", "--model", str(classifier_bundle),
+                           "--cases", str(tmp_path / "cases"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "_mask" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
