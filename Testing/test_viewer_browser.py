@@ -6,6 +6,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 from viewer_harness import (
     ROOT,
@@ -13,6 +14,7 @@ from viewer_harness import (
     free_port,
     heat_mask,
     open_page,
+    outline_mask,
     quadrants,
     viewer_process,
     views_pixels,
@@ -41,20 +43,28 @@ def _run(page, timeout_ms: int = 180_000) -> None:
     time.sleep(2.0)  # the next rendered frames of the views
 
 
-def test_run_puts_the_heat_map_on_the_slice_views(viewer_url):
-    # Where the heat lands is the model's business (the demo models do not localise yet, issue 3);
-    # the viewer's job is that every slice view shows the map over the image after Run, and nothing before.
+def test_run_puts_the_heat_map_on_the_lesion_in_every_slice_view(viewer_url):
+    """After Run every slice view shows the evidence over the image, and it sits on the green outline of
+    the demo case's reference lesion (the views jump to the evidence peak); nothing before Run."""
     with browser() as instance:
         page = open_page(instance, viewer_url)
         before = views_pixels(page)
         assert heat_mask(before).sum() == 0, "heat colours before anything ran"
         _run(page)
-        assert page.inner_text("#prediction").strip()
         _shot(page, "run")
+        prediction = page.inner_text("#prediction").strip().lower()
+        assert prediction.startswith("lesion") and not prediction.startswith("lesion free"), prediction
+        assert "the peak is inside it" in page.inner_text("#ground-truth")
         views = quadrants(views_pixels(page))
         for name in ("axial", "coronal", "sagittal"):
-            heat = heat_mask(views[name])
+            heat, outline = heat_mask(views[name]), outline_mask(views[name])
             assert heat.sum() > 200, f"no heat overlay in the {name} view"
+            assert outline.sum() > 20, f"the {name} view does not cut through the reference lesion"
+            heat_centre = np.argwhere(heat).mean(axis=0)
+            lesion_centre = np.argwhere(outline).mean(axis=0)
+            distance = float(np.linalg.norm(heat_centre - lesion_centre))
+            assert distance < 0.12 * views[name].shape[1], (
+                f"{name} view: the heat is centred {distance:.0f} px from the reference lesion")
 
 
 def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(viewer_url, tmp_path):

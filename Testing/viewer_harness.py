@@ -105,6 +105,12 @@ def heat_mask(rgb: np.ndarray) -> np.ndarray:
     return (rgb.max(axis=-1) - rgb.min(axis=-1) > 60) & (r > 110) & (r >= g)
 
 
+def outline_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of the green reference-lesion outline (LESION_OUTLINE, about (64, 224, 97))."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return (g > 150) & (g - r > 70) & (g - b > 50)
+
+
 def quadrants(rgb: np.ndarray) -> dict[str, np.ndarray]:
     """The four views of the Quad View layout: coronal, 3-D (top), sagittal, axial (bottom)."""
     h, w = rgb.shape[:2]

@@ -84,6 +84,7 @@ class XAIViewerApp:
             "progress_text": "",
             "error": "",
             "prediction_text": "",
+            "ground_truth_text": "",
             "summary_text": "",
             "opacity": 0.5,
             "threshold": 0.2,
@@ -164,6 +165,7 @@ class XAIViewerApp:
                 self.state[f"{kind}_png"], self.state[f"{kind}_lines"] = "", []
             self.state.prediction_text = ""
             self.state.summary_text = ""
+            self.state.ground_truth_text = ""
             self.state.has_result = False
             if self.session.case_name not in [c["value"] for c in self.state.cases]:
                 self.state.case_name = None
@@ -232,6 +234,7 @@ class XAIViewerApp:
 
     def _show_result(self, result, facts, settings: RunSettings) -> None:
         self.session.apply(result, facts, settings, self.state.opacity, self.state.threshold)
+        self.state.ground_truth_text = self.session.ground_truth_line()
         self._render_all()
         self._show_summary(self.state.audience)
         self.state.has_result = True

@@ -141,12 +141,45 @@ class ViewerSession:
         self.result, self.facts, self.settings = result, facts, settings
         self.jump_to(result.explanation["statistics"]["peak_ras_mm"])
 
+    def ground_truth_line(self) -> str:
+        """The shown map scored against the case's reference lesion (the bench's per-case metrics), or ""."""
+        import SimpleITK as sitk
+
+        from XAIRobustnessLib.localisation import localisation_scores
+
+        if self.result is None or self.reference_mask is None:
+            return ""
+        saliency = self.result.saliency
+        lesion = sitk.Resample(self.reference_mask, saliency, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        if not sitk.GetArrayViewFromImage(lesion).any():
+            return ""
+        scores = localisation_scores(saliency, lesion, self.input_image())
+        return (f"Against the green reference: the peak is {'inside' if scores.pointing_hit else 'outside'} it; "
+                f"{scores.mass_in_lesion:.0%} of the positive evidence lies in it (it is {scores.lesion_share:.1%} "
+                f"of the body); AUPRC {scores.auprc:.2f} (chance {scores.lesion_share:.3f}); top-region IoU "
+                f"{scores.top_k_iou:.2f}.")
+
     def jump_to(self, ras_mm) -> None:
-        """Move every slice view through the point ``ras_mm`` (the views stay linked on it)."""
+        """Move every slice view through the point ``ras_mm`` and put the linked cursor (Slicer's
+        crosshair, drawn in every view) on it; Shift + mouse move in a view moves it, as in Slicer."""
         import slicer
 
         r, a, s = (float(v) for v in ras_mm)
         slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, r, a, s, slicer.vtkMRMLSliceNode.OffsetJumpSlice)
+        crosshair = self.crosshair()
+        if crosshair is not None:
+            crosshair.SetCrosshairRAS(r, a, s)
+
+    def crosshair(self):
+        """The scene's crosshair node, shown as a thin cursor linked across the views."""
+        import slicer
+
+        crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is not None and crosshair.GetCrosshairMode() == slicer.vtkMRMLCrosshairNode.NoCrosshair:
+            crosshair.SetCrosshairMode(slicer.vtkMRMLCrosshairNode.ShowSmallBasic)
+            crosshair.SetCrosshairThickness(slicer.vtkMRMLCrosshairNode.Fine)
+            crosshair.SetCrosshairBehavior(slicer.vtkMRMLCrosshairNode.OffsetJumpSlice)
+        return crosshair
 
     def report_html(self, image, audience: str, progress: Optional[ProgressCallback] = None,
                     cancel: Optional[CancelToken] = None) -> str:

@@ -81,6 +81,8 @@ def _explain_panel(app: Any) -> None:
         v3.VChip("Review recommended", v_show=("review",), color="warning", size="small", classes="ml-4",
                  id="review-flag")
         v3.VCardText("{{ summary_text }}", id="summary", style="white-space: pre-line;")
+        v3.VCardText("{{ ground_truth_text }}", v_show=("ground_truth_text",), classes="text-caption",
+                     id="ground-truth")
         with v3.VCardActions():
             v3.VBtn("Make report", click=app.make_report, disabled=("running",), size="small", id="make-report")
             html.A("Download report", href=("report_href",), download=("report_name",), v_show=("report_href",),
