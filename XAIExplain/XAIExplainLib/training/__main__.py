@@ -22,7 +22,7 @@ from ..models import load_model
 from .cards import bundle_metadata, model_card_markdown
 from .common import Stopwatch, display_path, environment, seed_everything, write_bundle
 from .datasets import build_set
-from .recipes import CAM_TARGET_LAYER, RECIPES, ModelRecipe, unet_def
+from .recipes import CAM_TARGET_LAYERS, RECIPES, ModelRecipe, unet_def
 from .segmentation import evaluate_pooled_classifier, evaluate_segmenter, finetune_case_level, train_segmenter
 
 __all__ = ["main"]
@@ -33,6 +33,10 @@ _METRIC_DEFINITIONS = {
     "classification": "ROC AUC of the case probability (the most suspicious voxel's) against 'has a lesion'; "
                       "sensitivity and specificity at probability 0.5.",
 }
+
+
+_LAYER_WORDS = {"segmentation": "decoder, a quarter of the input resolution",
+                "classification": "the output convolution: the dense lesion score map that is max-pooled"}
 
 
 def _parser(recipe: ModelRecipe) -> argparse.ArgumentParser:
@@ -164,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         {
             "What it does": f"{recipe.what_it_does} Network: 4 levels, {args.width}-{8 * args.width} channels, "
                             f"dropout {args.dropout:g}, on {args.spacing:g} mm voxels. Grad-CAM target layer: "
-                            f"`{CAM_TARGET_LAYER}` (decoder, a quarter of the input resolution).",
+                            f"`{CAM_TARGET_LAYERS[recipe.task]}` ({_LAYER_WORDS[recipe.task]}).",
             "Intended use": "Research and teaching only — not for clinical use.",
             "Training data": training_data,
             "Preprocessing": recipe.preprocessing,
