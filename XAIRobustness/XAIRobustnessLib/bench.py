@@ -210,7 +210,8 @@ def markdown_table(result: BenchResult) -> str:
         cells = []
         for column, _ in columns:
             mean, low, high = entry.get(column, (float("nan"),) * 3)
-            cells.append("–" if not np.isfinite(mean) else f"{mean:.2f} [{low:.2f}, {high:.2f}]")
+            digits = 4 if column == "lesion_share" else 2  # a lesion is a fraction of a percent of the body
+            cells.append("–" if not np.isfinite(mean) else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
         rate = entry["sanity_pass_rate"]
         sanity = "–" if rate is None else f"{'passes' if rate == 1 else 'FAILS'} ({rate:.0%} of {entry['sanity_n']})"
         lines.append(f"| {EXPLAINERS[method].title} | "
