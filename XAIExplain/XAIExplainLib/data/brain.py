@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from .fields import polynomial_bias, random_affine, random_bspline, rician_noise
 from .records import describe_lesions
-from .shapes import irregular_blob, partial_volume
+from .shapes import irregular_blob, paint_lesion, partial_volume
 
 __all__ = ["template_paths", "make_brain_case", "LESION_FREE_FRACTION"]
 
@@ -159,9 +159,7 @@ def _paint_lesions(
         # Subtle lesions move only part of the way from the tissue intensity towards the lesion's.
         target = region + strength * (target - region)
         inside *= brain[blob.box]
-        region[...] = region * (1.0 - inside) + target * inside
-        mask_region = mask[blob.box]
-        mask_region[(inside >= 0.5) & (mask_region == 0)] = label
+        paint_lesion(region, target, inside, mask[blob.box], label)
         recipes.append({"kind": kind, "subtle": subtle, "nominal_diameter_mm": diameter})
     return mask, recipes
 
@@ -197,9 +195,7 @@ def make_brain_case(
     image_sitk.CopyInformation(grid)
     mask_sitk = sitk.GetImageFromArray(mask)
     mask_sitk.CopyInformation(grid)
-    lesions = describe_lesions(mask_sitk)
-    for lesion in lesions:
-        lesion.update(recipes[lesion["label"] - 1])
+    lesions = describe_lesions(mask_sitk, recipes)
     info = {
         "kind": "brain-mri",
         "modality": "MR",

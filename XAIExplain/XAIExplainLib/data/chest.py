@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from .fields import smooth_noise
 from .records import describe_lesions
-from .shapes import irregular_blob, partial_volume, segment_distance
+from .shapes import irregular_blob, paint_lesion, partial_volume, segment_distance
 
 __all__ = ["make_chest_case", "LESION_FREE_FRACTION"]
 
@@ -225,9 +225,7 @@ def _nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, g: _Gri
                 spike = np.clip((spike_r - distance) / voxel + 0.5, 0.0, 1.0) * min(1.0, 2.0 * spike_r / voxel)
                 spike *= lung[blob.box]
                 region[...] = region * (1.0 - spike) + solid_hu * spike
-        region[...] = region * (1.0 - inside) + target * inside
-        mask_region = mask[blob.box]
-        mask_region[(inside >= 0.5) & (mask_region == 0)] = label
+        paint_lesion(region, target, inside, mask[blob.box], label)
         recipes.append({"kind": kind, "nominal_diameter_mm": diameter, "solid_hu": solid_hu})
     return mask, recipes
 
@@ -278,9 +276,7 @@ def make_chest_case(
     image.SetDirection(np.eye(3).flatten().tolist())
     mask_image = sitk.GetImageFromArray(mask)
     mask_image.CopyInformation(image)
-    lesions = describe_lesions(mask_image)
-    for lesion in lesions:
-        lesion.update(recipes[lesion["label"] - 1])
+    lesions = describe_lesions(mask_image, recipes)
     info = {
         "kind": "chest-ct",
         "modality": "CT",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,8 +20,9 @@ __all__ = ["describe_lesions", "labels_row", "write_labels_csv", "read_labels_cs
 LABEL_COLUMNS = ("case", "label", "lesion_count", "lesion_sizes_mm", "lesion_centres_ras_mm")
 
 
-def describe_lesions(mask: sitk.Image) -> list[dict[str, Any]]:
-    """One entry per non-zero label of ``mask``: ``label``, ``voxels``, ``size_mm``, ``centre_ras_mm``."""
+def describe_lesions(mask: sitk.Image, recipes: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """One entry per non-zero label of ``mask``: ``label``, ``voxels``, ``size_mm``, ``centre_ras_mm``,
+    plus the generator's recipe of that lesion when ``recipes`` (one per label, label 1 first) are given."""
     array = sitk.GetArrayViewFromImage(mask)
     voxel_volume = float(np.prod(mask.GetSpacing()))
     lesions = []
@@ -36,6 +37,7 @@ def describe_lesions(mask: sitk.Image) -> list[dict[str, Any]]:
                 "voxels": int(index_zyx.shape[0]),
                 "size_mm": float((6.0 * volume / np.pi) ** (1.0 / 3.0)),
                 "centre_ras_mm": [float(-lps[0]), float(-lps[1]), float(lps[2])],
+                **(recipes[label - 1] if recipes else {}),
             }
         )
     return lesions

@@ -14,7 +14,7 @@ import numpy as np
 
 from .fields import random_rotation, smooth_noise
 
-__all__ = ["Blob", "irregular_blob", "partial_volume", "segment_distance"]
+__all__ = ["Blob", "irregular_blob", "partial_volume", "segment_distance", "paint_lesion"]
 
 
 @dataclass
@@ -70,6 +70,14 @@ def irregular_blob(
 def partial_volume(rho: np.ndarray, radius_mm: float, voxel_mm: float) -> np.ndarray:
     """Soft membership of a voxel in ``rho < 1``: a linear ramp one voxel wide across the surface."""
     return np.clip((1.0 - rho) * radius_mm / voxel_mm + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def paint_lesion(region: np.ndarray, target: np.ndarray, inside: np.ndarray, mask_region: np.ndarray,
+                 label: int) -> None:
+    """Blend ``target`` into ``region`` by the soft membership ``inside`` (in place) and give the voxels
+    that are at least half inside, and not yet another lesion's, ``label`` in ``mask_region``."""
+    region[...] = region * (1.0 - inside) + target * inside
+    mask_region[(inside >= 0.5) & (mask_region == 0)] = label
 
 
 def segment_distance(
