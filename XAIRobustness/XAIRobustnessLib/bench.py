@@ -28,6 +28,7 @@ from XAIExplainLib.progress import CancelToken, ProgressCallback, Stage
 
 from .faithfulness import faithfulness_test
 from .localisation import localisation_scores
+from .reference import Reference, explain_reference
 from .sanity import sanity_check
 from .sweep import robustness_sweep
 
@@ -150,10 +151,13 @@ def run_bench(
         for m, method in enumerate(methods):
             step = stage.sub((c * len(methods) + m) / total, (c * len(methods) + m + 1) / total)
             step.report(0.0, f"{case.name}: {method}")
-            rows.append(_score(model, case, method, faithfulness, stability, seed, cancel))
+            run_sanity = c < sanity_cases
+            # One unperturbed reference serves the faithfulness test and the randomisation check.
+            reference = explain_reference(case.image, model, method, seed) if faithfulness or run_sanity else None
+            rows.append(_score(model, case, method, faithfulness, stability, seed, reference, cancel))
             step.report(1.0, f"{case.name}: {method} scored")
-            if c < sanity_cases:
-                check = sanity_check(case.image, model, method, seed=seed, cancel=cancel)
+            if run_sanity:
+                check = sanity_check(case.image, model, method, seed=seed, reference=reference, cancel=cancel)
                 sanity[method].append({"case": case.name, "passed": check.passed,
                                        "final_spearman": check.final_spearman})
     stage.report(1.0, "done")
@@ -165,7 +169,7 @@ def run_bench(
 
 
 def _score(model: LoadedModel, case: BenchCase, method: str, faithfulness: bool, stability: bool, seed: int,
-           cancel: Optional[CancelToken]) -> dict[str, Any]:
+           reference: Optional[Reference], cancel: Optional[CancelToken]) -> dict[str, Any]:
     started = time.perf_counter()
     explained = explain_image(case.image, model, method=method, seed=seed, cancel=cancel)
     runtime = time.perf_counter() - started
@@ -175,7 +179,7 @@ def _score(model: LoadedModel, case: BenchCase, method: str, faithfulness: bool,
     row.update({k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in scores.to_dict().items()})
     if faithfulness:
         test = faithfulness_test(case.image, model, method, steps=FAITHFULNESS_STEPS, n_random=FAITHFULNESS_RANDOM,
-                                 seed=seed, cancel=cancel)
+                                 seed=seed, reference=reference, cancel=cancel)
         row.update(deletion_auc=test.deletion_auc, insertion_auc=test.insertion_auc, faithful=int(test.passed))
     if stability:
         sweep = robustness_sweep(case.image, model, severities=(1,), method=method, seed=seed, cancel=cancel)
