@@ -5,23 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SEGMENTER_DEF, build, make_image, write_bundle
+from conftest import SEGMENTER_DEF, SEGMENTER_XAI, build, make_image, write_bundle
 
 from XAIExplainLib.errors import XAIModelError
 from XAIExplainLib.models import load_model
 from XAIExplainLib.models.pooling import MaxPooledClassifier
 from XAIExplainLib.pipeline import explain_image
 
-POOLED_XAI = {
-    "task": "classification",
-    "class_names": ["no lesion", "lesion"],
-    "positive_class": 1,
-    "output_pooling": "max",
-    "cam_target_layer": "model.1.submodule.0",
-    "modality": "MR",
-    "input": {"spacing_mm": [2.0, 2.0, 2.0], "orientation": "RAS", "size": [16, 16, 16], "divisible_by": 4},
-    "intensity": {"kind": "none"},
-}
+#: The tiny segmenter's card, turned into a classifier that max-pools the segmenter's lesion map.
+POOLED_XAI = {**SEGMENTER_XAI, "task": "classification", "class_names": ["no lesion", "lesion"],
+              "output_pooling": "max", "intensity": {"kind": "none"}}
 
 
 class _Brightness(torch.nn.Module):
