@@ -13,7 +13,9 @@ import SimpleITK as sitk
 from conftest import make_image
 
 from XAIExplainLib.models import load_model
-from XAIRobustnessLib.bench import BenchCase, bootstrap_ci, run_bench
+from XAIRobustnessLib.bench import (BenchCase, BenchResult, bench_json, bootstrap_ci, markdown_table,
+                                   recommendation_text, run_bench)
+from XAIRobustnessLib.verdicts import method_verdict, rank_methods, recommended_method
 
 
 def _case(name, blob, seed):
@@ -70,7 +72,8 @@ def test_bench_command_writes_table_csv_plot_from_a_folder(classifier_bundle, tm
     with open(out / "bench.csv", encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == 4
     assert (out / "bench.png").stat().st_size > 10_000
-    assert json.loads((out / "bench.json").read_text(encoding="utf-8"))["summary"]["gradient"]["n_cases"] == 2
+    written = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert written["summary"]["gradient"]["n_cases"] == 2 and set(written["verdicts"]) == {"gradcam", "gradient"}
 
 
 def test_bench_command_with_a_folder_without_masks_fails_cleanly(classifier_bundle, tmp_path):
@@ -81,3 +84,38 @@ def test_bench_command_with_a_folder_without_masks_fails_cleanly(classifier_bund
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "_mask" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+# --- verdicts: which method the numbers support ---------------------------------------------------------
+
+def _entry(pointing, mass, share=0.002, sanity=1.0, auprc=0.5, n=10):
+    return {"n_cases": n, "pointing_hit": [pointing, 0, 1], "mass_in_lesion": [mass, 0, 1],
+            "lesion_share": [share, 0, 1], "auprc": [auprc, 0, 1], "sanity_pass_rate": sanity, "sanity_n": 2}
+
+
+def test_verdicts_rank_methods_that_meet_every_target_first_and_say_what_the_others_miss():
+    summary = {"gradient": _entry(1.0, 0.30, sanity=0.0, auprc=0.9),  # localises, but fails randomisation
+               "ig": _entry(0.95, 0.40),
+               "gradcam": _entry(0.95, 0.80),
+               "occlusion": _entry(0.70, 0.90)}
+    ranked = rank_methods(summary)
+    assert [v.method for v in ranked] == ["gradcam", "ig", "occlusion", "gradient"]
+    assert recommended_method(summary) == "gradcam"
+    verdict = {v.method: v for v in ranked}
+    assert verdict["gradient"].passes_randomisation is False and "randomisation" in verdict["gradient"].failures[0]
+    assert verdict["occlusion"].failures == ("pointing game 0.70 < 0.90",)
+    assert "mass in lesion" in method_verdict("x", _entry(1.0, 0.01, share=0.002)).failures[0]  # only 5x the share
+    assert "not run" in method_verdict("x", _entry(1.0, 0.5, sanity=None)).failures[0]
+    assert recommended_method({"occlusion": summary["occlusion"], "gradient": summary["gradient"]}) is None
+
+
+def test_bench_json_and_table_carry_the_verdicts(tmp_path):
+    summary = {"gradient": _entry(1.0, 0.30, sanity=0.0), "gradcam": _entry(0.95, 0.80)}
+    result = BenchResult("demo", rows=[], sanity={}, settings={"methods": list(summary), "cases": ["a"] * 10,
+                                                               "sanity_cases": 2}, summary=summary)
+    data = bench_json(result)
+    assert data["recommended"] == "gradcam" and list(data["verdicts"]) == ["gradcam", "gradient"]
+    assert "80% of the map's mass in the lesion" in data["evidence"]["gradcam"]
+    table = markdown_table(result)
+    assert table.index("| Grad-CAM |") < table.index("| Gradient |") and "| no: fails the randomisation" in table
+    assert recommendation_text(result).startswith("Recommended: Grad-CAM")

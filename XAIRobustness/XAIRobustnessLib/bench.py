@@ -13,6 +13,7 @@ al. (Nat. Mach. Intell. 2022).
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,11 @@ from .localisation import localisation_scores
 from .reference import Reference, explain_reference
 from .sanity import sanity_check
 from .sweep import robustness_sweep
+from .verdicts import (MASS_OVER_SHARE_TARGET, POINTING_TARGET, evidence_line, rank_methods,
+                       recommended_method)
 
-__all__ = ["BenchCase", "BenchResult", "run_bench", "bootstrap_ci", "METRICS", "write_bench", "folder_cases",
-           "synthetic_cases"]
+__all__ = ["BenchCase", "BenchResult", "run_bench", "bootstrap_ci", "METRICS", "write_bench", "bench_json",
+           "recommendation_text", "folder_cases", "synthetic_cases"]
 
 _MASK_SUFFIX = "_mask"
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -152,8 +155,8 @@ def run_bench(
             step = stage.sub((c * len(methods) + m) / total, (c * len(methods) + m + 1) / total)
             step.report(0.0, f"{case.name}: {method}")
             run_sanity = c < sanity_cases
-            # One unperturbed reference serves the faithfulness test and the randomisation check.
-            reference = explain_reference(case.image, model, method, seed) if faithfulness or run_sanity else None
+            # One unperturbed reference serves the faithfulness, stability and randomisation checks.
+            reference = explain_reference(case.image, model, method, seed) if faithfulness or stability or run_sanity else None
             rows.append(_score(model, case, method, faithfulness, stability, seed, reference, cancel))
             step.report(1.0, f"{case.name}: {method} scored")
             if run_sanity:
@@ -182,7 +185,8 @@ def _score(model: LoadedModel, case: BenchCase, method: str, faithfulness: bool,
                                  seed=seed, reference=reference, cancel=cancel)
         row.update(deletion_auc=test.deletion_auc, insertion_auc=test.insertion_auc, faithful=int(test.passed))
     if stability:
-        sweep = robustness_sweep(case.image, model, severities=(1,), method=method, seed=seed, cancel=cancel)
+        sweep = robustness_sweep(case.image, model, severities=(1,), method=method, seed=seed, cancel=cancel,
+                                 reference=reference)
         mild = [r["spearman"] for r in sweep.rows if r["severity"] == 1 and "spearman" in r]
         row["stability_spearman"] = float(np.mean(mild)) if mild else float("nan")
     return row
@@ -206,11 +210,13 @@ def summarise(result: BenchResult, seed: int = 0) -> dict[str, dict[str, Any]]:
 
 
 def markdown_table(result: BenchResult) -> str:
-    """The per-method table: mean [95 % CI] of each metric, the sanity pass rate."""
+    """The per-method table, best method first: mean [95 % CI] of each metric, the sanity pass rate, and
+    whether the method meets the bench's targets (:mod:`.verdicts`)."""
     columns = [(c, h) for c, h, _ in METRICS if any(c in s for s in result.summary.values())]
-    lines = ["| method | cases | " + " | ".join(h for _, h in columns) + " | randomisation check |",
-             "|---|---|" + "---|" * len(columns) + "---|"]
-    for method, entry in result.summary.items():
+    lines = ["| method | cases | " + " | ".join(h for _, h in columns) + " | randomisation check | meets targets |",
+             "|---|---|" + "---|" * len(columns) + "---|---|"]
+    for verdict in rank_methods(result.summary):
+        entry = result.summary[verdict.method]
         cells = []
         for column, _ in columns:
             mean, low, high = entry.get(column, (float("nan"),) * 3)
@@ -218,17 +224,39 @@ def markdown_table(result: BenchResult) -> str:
             cells.append("–" if not np.isfinite(mean) else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
         rate = entry["sanity_pass_rate"]
         sanity = "–" if rate is None else f"{'passes' if rate == 1 else 'FAILS'} ({rate:.0%} of {entry['sanity_n']})"
-        lines.append(f"| {EXPLAINERS[method].title} | "
-                     f"{entry['n_cases']} | " + " | ".join(cells) + f" | {sanity} |")
+        meets = "yes" if verdict.meets_targets else "no: " + "; ".join(verdict.failures)
+        lines.append(f"| {EXPLAINERS[verdict.method].title} | "
+                     f"{entry['n_cases']} | " + " | ".join(cells) + f" | {sanity} | {meets} |")
     return "\n".join(lines) + "\n"
 
 
+def recommendation_text(result: BenchResult) -> str:
+    """One paragraph: the method the numbers support, or that none meets the targets."""
+    targets = (f"targets: pointing game >= {POINTING_TARGET:.2f}, mass in lesion >= {MASS_OVER_SHARE_TARGET:g} x the "
+               "lesion's share of the body, randomisation check passed")
+    best = recommended_method(result.summary)
+    if best is None:
+        ranked = rank_methods(result.summary)
+        return (f"No method meets all targets ({targets}); the closest is {EXPLAINERS[ranked[0].method].title} "
+                f"({'; '.join(ranked[0].failures)}).\n")
+    return f"Recommended: {EXPLAINERS[best].title} — {evidence_line(result.summary[best])} ({targets}).\n"
+
+
+def bench_json(result: BenchResult) -> dict[str, Any]:
+    """What ``bench.json`` holds: settings, per-method summary, sanity checks, verdicts and the recommendation."""
+    return {"model": result.model, "settings": result.settings, "summary": result.summary, "sanity": result.sanity,
+            "verdicts": {v.method: v.to_dict() for v in rank_methods(result.summary)},
+            "evidence": {m: evidence_line(e) for m, e in result.summary.items()},
+            "recommended": recommended_method(result.summary),
+            "targets": {"pointing_game": POINTING_TARGET, "mass_over_lesion_share": MASS_OVER_SHARE_TARGET}}
+
+
 def write_bench(result: BenchResult, out: Path) -> dict[str, Path]:
-    """``bench.csv`` (per case and method), ``bench.md`` (the table) and ``bench.png`` (the plot) in the
-    existing folder ``out``."""
+    """``bench.csv`` (per case and method), ``bench.md`` (the table and the recommendation),
+    ``bench.png`` (the plot) and ``bench.json`` (:func:`bench_json`) in the existing folder ``out``."""
     from .plots import plot_bench
 
-    paths = {"csv": out / "bench.csv", "markdown": out / "bench.md", "plot": out / "bench.png"}
+    paths = {"csv": out / "bench.csv", "markdown": out / "bench.md", "plot": out / "bench.png", "json": out / "bench.json"}
     keys = list(dict.fromkeys(k for r in result.rows for k in r))
     with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)
@@ -237,7 +265,8 @@ def write_bench(result: BenchResult, out: Path) -> dict[str, Path]:
     header = (f"# Explanation bench — {result.model}\n\n{len(result.settings['cases'])} cases with a lesion; "
               f"mean [95 % bootstrap CI] over cases; randomisation check on the first "
               f"{result.settings['sanity_cases']} cases.\n\n")
-    paths["markdown"].write_text(header + markdown_table(result), encoding="utf-8")
+    paths["markdown"].write_text(header + markdown_table(result) + "\n" + recommendation_text(result), encoding="utf-8")
+    paths["json"].write_text(json.dumps(bench_json(result), indent=2) + "\n", encoding="utf-8")
     plot_bench(result.summary, METRICS, paths["plot"], title=f"{result.model}: explanation methods against the "
                                                               f"ground-truth lesion (95 % bootstrap CI)")
     return paths

@@ -219,9 +219,6 @@ def _bench(args: argparse.Namespace) -> int:
         raise XAIInputError(str(error)) from None
     with staged_output_dir(out) as staging:
         write_bench(result, staging)
-        (staging / "bench.json").write_text(json.dumps({"model": result.model, "settings": result.settings,
-                                                        "summary": result.summary, "sanity": result.sanity},
-                                                       indent=2) + "\n", encoding="utf-8")
     print((out / "bench.md").read_text(encoding="utf-8"))
     print(f"Results in {out.absolute()}/: bench.md, bench.csv, bench.png, bench.json")
     return 0
