@@ -137,10 +137,12 @@ def robustness_sweep(
     memory_budget_mb: float = 2048,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    reference: Optional[Reference] = None,
 ) -> RobustnessSweep:
     """Sweep ``perturbations`` (default: the model modality's 8) over ``severities`` (0..5; 0 is always added).
 
-    Same ``seed``, same sweep.
+    ``reference``: the unperturbed case already explained with ``method`` (:func:`.explain_reference`),
+    when the caller has it. Same ``seed``, same sweep.
     """
     modality = model.spec.modality
     keys = list(dict.fromkeys(perturbations)) if perturbations else list(default_perturbations(modality))
@@ -148,7 +150,8 @@ def robustness_sweep(
     levels = _severities(severities)
     stage = Stage(progress, cancel)
     clock = time.perf_counter()
-    reference = explain_reference(image, model, method, seed, method_params, memory_budget_mb, stage.sub(0.0, 0.05))
+    if reference is None:
+        reference = explain_reference(image, model, method, seed, method_params, memory_budget_mb, stage.sub(0.0, 0.05))
     timings = {"reference": time.perf_counter() - clock}
 
     jobs = [(p, s) for p in catalogue for s in levels if s > 0]
