@@ -83,6 +83,45 @@ def test_invalid_catalogue_is_refused(tmp_path, monkeypatch, change, complaint):
         load_catalogue()
 
 
+def _catalogue_with_bench(tmp_path, monkeypatch, ranking, fails=(), evidence_file="bench.json"):
+    """The shipped catalogue with the triage task (Grad-CAM, occlusion, IG recommended) pointed at a bench."""
+    data = json.loads(load_catalogue().path.read_text(encoding="utf-8"))
+    for task in data["tasks"]:
+        task.pop("evidence", None)
+    data["tasks"][0]["evidence"] = evidence_file
+    verdicts = {m: {"method": m, "meets_targets": m == ranking[0], "failures": [], "passes_randomisation": m not in fails}
+                for m in ranking}
+    bench = {"model": "brain-lesion-classifier", "settings": {"cases": ["a", "b"]}, "verdicts": verdicts,
+             "recommended": ranking[0], "evidence": {m: f"{m} scored so" for m in ranking}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench), encoding="utf-8")
+    (tmp_path / "tasks.json").write_text(json.dumps(data), encoding="utf-8")
+    monkeypatch.setenv("SLICER_XAI_TASKS", str(tmp_path / "tasks.json"))
+    return load_catalogue
+
+
+def test_recommendations_carry_the_bench_measurements(tmp_path, monkeypatch):
+    triage = _catalogue_with_bench(tmp_path, monkeypatch, ["gradcam", "gradcampp", "gradient"])().get("brain-lesion-triage")
+    status, reason = triage.advice("gradcam")
+    assert status == "recommended" and reason.endswith(
+        "Measured by slicer-xai bench on brain-lesion-classifier (2 cases with a lesion): gradcam scored so.")
+    assert triage.advice("gradcampp") == ("neutral", "Measured by slicer-xai bench on brain-lesion-classifier "
+                                                     "(2 cases with a lesion): gradcampp scored so.")
+    assert triage.advice("smoothgrad") == ("neutral", None)  # not benched
+    assert triage.advice_text("gradcam").startswith("Recommended for this task: A triage reader")
+
+
+@pytest.mark.parametrize("ranking, fails, evidence_file, complaint", [
+    (["gradient", "gradcam"], (), "bench.json", "ranks gradient first"),
+    (["gradcam", "occlusion"], ("occlusion",), "bench.json", "occlusion recommended but fail"),
+    (["gradcam"], (), "missing.json", "cannot be read"),
+])
+def test_a_catalogue_that_contradicts_its_bench_is_refused(tmp_path, monkeypatch, ranking, fails, evidence_file,
+                                                           complaint):
+    load = _catalogue_with_bench(tmp_path, monkeypatch, ranking, fails, evidence_file)
+    with pytest.raises(XAIInputError, match=complaint):
+        load()
+
+
 def test_choosing_a_task_filters_models():
     models = [
         {"name": "brain-cls", "task": "classification", "modality": "MR", "clinical_tasks": ["brain-lesion-triage"]},

@@ -315,6 +315,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if parameters.inputVolume and parameters.outputSaliency:
             self.logic.updateDisplay(parameters)
+        self.ui.methodComboBox.toolTip = self.logic.methodAdvice(parameters.clinicalTask, parameters.method.value)
         if self._run:
             return
         if parameters.inputVolume and parameters.model:
@@ -566,6 +567,15 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
         catalogue = tasks.load_catalogue()
         return catalogue.tasks[taskId].primary_method if taskId in catalogue.tasks else ""
+
+    @staticmethod
+    def methodAdvice(taskId: str, method: str) -> str:
+        """Why the task recommends or advises against ``method``, with what the bench measured ("" when
+        the task says nothing about it)."""
+        from XAIExplainLib import tasks
+
+        catalogue = tasks.load_catalogue()
+        return catalogue.tasks[taskId].advice_text(method) if taskId in catalogue.tasks else ""
 
     # --- dependencies (installed on first Apply, never at import) ---
 

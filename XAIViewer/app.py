@@ -63,6 +63,7 @@ class XAIViewerApp:
         self.state.change("task")(self._on_task)
         self.state.change("audience")(self._show_summary)
         self.state.change("model", "method")(self._forget_checks)
+        self.state.change("task", "method")(self._show_method_hint)
 
     # --- state ---
 
@@ -94,6 +95,7 @@ class XAIViewerApp:
             "review": False,
             "tasks": [{"title": t.title, "value": t.id} for t in load_catalogue().tasks.values()],
             "task": None,
+            "method_hint": "",
             "audiences": [{"title": a.title, "value": key} for key, a in AUDIENCES.items()],
             "audience": "radiologist",
             "panel": "explain",
@@ -279,6 +281,10 @@ class XAIViewerApp:
         methods = methods_for_task(task, read_model_spec(resolve_model_path(self.state.model)) if self.state.model else None)
         self.state.methods = [{"title": EXPLAINERS[k].title, "value": k} for k in methods]
         self.state.method = methods[0] if methods else self.state.method
+
+    def _show_method_hint(self, task: Optional[str], method: Optional[str], **_: Any) -> None:
+        """Why the task recommends (or advises against) the chosen method, with the bench's measurement."""
+        self.state.method_hint = load_catalogue().get(task).advice_text(method) if task and method else ""
 
     def _set_progress(self, fraction: float, message: str) -> None:
         with self.state:

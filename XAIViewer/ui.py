@@ -70,6 +70,8 @@ def _explain_panel(app: Any) -> None:
                hide_details=True, classes="mb-2", id="model-select")
     v3.VSelect(label="Explanation method", items=("methods",), v_model=("method",),
                density="compact", hide_details=True, classes="mb-2", id="method-select")
+    html.Div("{{ method_hint }}", v_show=("method_hint",), classes="text-caption text-medium-emphasis mb-2",
+             id="method-hint")
     v3.VSelect(label="Uncertainty", items=("uncertainty_choices",), v_model=("uncertainty",),
                density="compact", hide_details=True, classes="mb-2", id="uncertainty-select")
     v3.VSelect(label="Written for", items=("audiences",), v_model=("audience",),

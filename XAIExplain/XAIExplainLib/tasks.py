@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -27,6 +27,7 @@ from .errors import XAIInputError, XAIModelError
 __all__ = [
     "CATALOGUE_ENV",
     "MethodAdvice",
+    "BenchEvidence",
     "UncertaintyAdvice",
     "Perturbation",
     "TrustThresholds",
@@ -51,10 +52,36 @@ _MEASURES = ("predicted_class_std", "predictive_entropy", "mutual_information", 
 
 @dataclass(frozen=True)
 class MethodAdvice:
-    """An explanation method recommended for (or advised against for) a task, with the reason."""
+    """An explanation method recommended for (or advised against for) a task, with the reason and, when
+    the task has a bench, what was measured."""
 
     method: str
     reason: str
+    evidence: Optional[str] = None
+
+    @property
+    def explanation(self) -> str:
+        """The reason, then the measured evidence."""
+        return f"{self.reason} {self.evidence}".strip() if self.reason else (self.evidence or "")
+
+
+@dataclass(frozen=True)
+class BenchEvidence:
+    """What ``slicer-xai bench`` measured on the task's demo model (a committed ``bench.json``): the
+    methods best first, the one that meets every target (or ``None``), and one sentence per method."""
+
+    file: Path
+    model: str
+    cases: int
+    ranking: tuple[str, ...]
+    recommended: Optional[str]
+    sentences: Mapping[str, str]
+    fails_randomisation: frozenset[str]
+
+    def sentence(self, method: str) -> Optional[str]:
+        if method not in self.sentences:
+            return None
+        return f"Measured by slicer-xai bench on {self.model} ({self.cases} cases with a lesion): {self.sentences[method]}."
 
 
 @dataclass(frozen=True)
@@ -115,6 +142,7 @@ class ClinicalTask:
     robustness_reason: str
     trust: TrustThresholds
     review: Mapping[str, float] = field(default_factory=dict)
+    evidence: Optional[BenchEvidence] = None
 
     @property
     def recommended_methods(self) -> tuple[str, ...]:
@@ -129,13 +157,20 @@ class ClinicalTask:
         """The one explanation shown when only one is shown (the first recommended)."""
         return self.recommended[0].method
 
+    def advice_text(self, method: str) -> str:
+        """:meth:`advice` as one line for a hint or tooltip ("" when the task says nothing about it)."""
+        status, reason = self.advice(method)
+        words = {"recommended": "Recommended for this task", "avoid": "Advised against for this task"}
+        return f"{words[status]}: {reason}" if status in words else (reason or "")
+
     def advice(self, method: str) -> tuple[str, Optional[str]]:
-        """``("recommended" | "avoid" | "neutral", reason or None)`` for ``method``."""
+        """``("recommended" | "avoid" | "neutral", reason or None)`` for ``method``; the reason ends
+        with the bench's measurement when there is one."""
         for status, entries in (("recommended", self.recommended), ("avoid", self.avoid)):
             for entry in entries:
                 if entry.method == method:
-                    return status, entry.reason
-        return "neutral", None
+                    return status, entry.explanation
+        return "neutral", self.evidence.sentence(method) if self.evidence is not None else None
 
 
 @dataclass(frozen=True)
@@ -285,6 +320,9 @@ def _parse(path: Path, data: Any, known_methods: Optional[Sequence[str]]) -> Tas
         if task.id in tasks:
             raise fail(f"task '{task.id}' is listed twice.")
         problems = _task_problems(task, perturbations, known_methods)
+        if raw.get("evidence") and not problems:
+            task, evidence_problems = _with_evidence(task, path.parent / str(raw["evidence"]))
+            problems += evidence_problems
         if problems:
             raise fail(f"task '{task.id}': {'; '.join(problems)}.")
         tasks[task.id] = task
@@ -351,3 +389,37 @@ def _task_problems(task: ClinicalTask, perturbations: Mapping[str, Perturbation]
         elif perturbations[pid].modalities and task.modality not in perturbations[pid].modalities:
             problems.append(f"perturbation '{pid}' does not apply to {task.modality}")
     return problems
+
+
+def _read_evidence(file: Path) -> BenchEvidence:
+    """A ``bench.json`` written by ``slicer-xai bench`` (its ``verdicts`` are ordered best first)."""
+    data = json.loads(file.read_text(encoding="utf-8"))
+    verdicts = data["verdicts"]
+    return BenchEvidence(
+        file=file, model=str(data["model"]), cases=len(data["settings"]["cases"]), ranking=tuple(verdicts),
+        recommended=data.get("recommended"), sentences={str(k): str(v) for k, v in data["evidence"].items()},
+        fails_randomisation=frozenset(m for m, v in verdicts.items() if v.get("passes_randomisation") is False),
+    )
+
+
+def _with_evidence(task: ClinicalTask, file: Path) -> tuple[ClinicalTask, list[str]]:
+    """Attach the bench's measurements to ``task`` and check that its advice follows from them: the first
+    recommended method is the bench's best-ranked one, and no recommended method fails the
+    model-randomisation check."""
+    try:
+        evidence = _read_evidence(file)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return task, [f"its bench evidence {file.name} cannot be read ({error})"]
+    problems = []
+    if evidence.ranking and task.primary_method != evidence.ranking[0]:
+        problems.append(f"the first recommended method is {task.primary_method} but the bench ({file.name}) ranks "
+                        f"{evidence.ranking[0]} first")
+    failing = [m for m in task.recommended_methods if m in evidence.fails_randomisation]
+    if failing:
+        problems.append(f"{', '.join(failing)} recommended but fail(s) the randomisation check in {file.name}")
+
+    def measured(entries: tuple[MethodAdvice, ...]) -> tuple[MethodAdvice, ...]:
+        return tuple(replace(a, evidence=evidence.sentence(a.method)) for a in entries)
+
+    task = replace(task, recommended=measured(task.recommended), avoid=measured(task.avoid), evidence=evidence)
+    return task, problems

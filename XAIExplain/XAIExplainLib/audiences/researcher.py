@@ -137,8 +137,8 @@ def _checks(facts: CaseFacts) -> Section:
 def _task(facts: CaseFacts) -> Section:
     task = facts.task
     paragraphs = [f"{task.question} Modality {task.modality}; model tasks {', '.join(task.model_tasks)}."]
-    paragraphs += [f"Recommended: {a.method}: {a.reason}" for a in task.recommended]
-    paragraphs += [f"Avoid: {a.method}: {a.reason}" for a in task.avoid]
+    paragraphs += [f"Recommended: {a.method}: {a.explanation}" for a in task.recommended]
+    paragraphs += [f"Avoid: {a.method}: {a.explanation}" for a in task.avoid]
     paragraphs.append(f"Uncertainty: {task.uncertainty.method} ({task.uncertainty.measure}): {task.uncertainty.reason}")
     return Section("Clinical task", paragraphs + [f"Caveat: {c}" for c in facts.caveats])
 
