@@ -146,6 +146,10 @@ def run_bench(
     cases = [c for c in cases if bool(sitk.GetArrayViewFromImage(c.lesion).any())]
     if not cases:
         raise ValueError("None of the cases has a lesion in its mask: the bench needs ground truth to measure against.")
+    # The finding's class is explained on every case, whatever the model predicted — as in the pointing
+    # game (Zhang et al. 2016), which asks where the evidence for the ground-truth class lies; a missed
+    # lesion then shows as a miss instead of as a map of the evidence for "no lesion".
+    finding = model.spec.positive_class
     stage = Stage(progress, cancel)
     rows: list[dict[str, Any]] = []
     sanity: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -156,8 +160,9 @@ def run_bench(
             step.report(0.0, f"{case.name}: {method}")
             run_sanity = c < sanity_cases
             # One unperturbed reference serves the faithfulness, stability and randomisation checks.
-            reference = explain_reference(case.image, model, method, seed) if faithfulness or stability or run_sanity else None
-            rows.append(_score(model, case, method, faithfulness, stability, seed, reference, cancel))
+            reference = (explain_reference(case.image, model, method, seed, target=finding)
+                         if faithfulness or stability or run_sanity else None)
+            rows.append(_score(model, case, method, finding, faithfulness, stability, seed, reference, cancel))
             step.report(1.0, f"{case.name}: {method} scored")
             if run_sanity:
                 check = sanity_check(case.image, model, method, seed=seed, reference=reference, cancel=cancel)
@@ -171,10 +176,10 @@ def run_bench(
     return result
 
 
-def _score(model: LoadedModel, case: BenchCase, method: str, faithfulness: bool, stability: bool, seed: int,
-           reference: Optional[Reference], cancel: Optional[CancelToken]) -> dict[str, Any]:
+def _score(model: LoadedModel, case: BenchCase, method: str, finding: Optional[int], faithfulness: bool,
+           stability: bool, seed: int, reference: Optional[Reference], cancel: Optional[CancelToken]) -> dict[str, Any]:
     started = time.perf_counter()
-    explained = explain_image(case.image, model, method=method, seed=seed, cancel=cancel)
+    explained = explain_image(case.image, model, method=method, target=finding, seed=seed, cancel=cancel)
     runtime = time.perf_counter() - started
     row: dict[str, Any] = {"case": case.name, "method": method, "runtime_s": runtime,
                            "predicted": explained.prediction.get("predicted_label")}

@@ -67,8 +67,9 @@ def chunk_size(voxels: int, memory_budget_mb: float) -> int:
 
 def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "gradcam", seed: int = 0,
                       method_params: Optional[dict[str, Any]] = None, memory_budget_mb: float = 2048,
-                      stage: Optional[Stage] = None) -> Reference:
-    """Prepare, predict and explain the unperturbed ``image`` (same seed, same result)."""
+                      stage: Optional[Stage] = None, target: Optional[int | str] = None) -> Reference:
+    """Prepare, predict and explain the unperturbed ``image`` (same seed, same result); ``target`` as in
+    :func:`~XAIExplainLib.pipeline.explain_image` (default: the predicted class)."""
     if method not in EXPLAINERS:
         raise XAIInputError(f"Unknown explanation method '{method}'; choose one of {', '.join(EXPLAINERS)}.")
     if memory_budget_mb <= 0:
@@ -80,13 +81,13 @@ def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "grad
     chunk = chunk_size(int(np.prod(case.inputs.shape[2:])), memory_budget_mb)
     with torch.no_grad():
         probabilities = predict_probabilities(model, case.inputs)
-    target = resolve_target(model, case, probabilities, None, None)
+    resolved = resolve_target(model, case, probabilities, target, None)
     params = {"internal_batch_size": chunk, **explainer_params(method, seed, method_params)}
     explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **params)
     stage.report(0.3, "explaining the unperturbed case")
-    saliency = explainer.attribute(case.inputs, target.fn, stage.sub(0.3, 1.0))[0, 0]
+    saliency = explainer.attribute(case.inputs, resolved.fn, stage.sub(0.3, 1.0))[0, 0]
     stats = image_stats(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)))
-    return Reference(image=image, stats=stats, case=case, probabilities=probabilities[0], target=target,
+    return Reference(image=image, stats=stats, case=case, probabilities=probabilities[0], target=resolved,
                      explainer=explainer, method=method, saliency=saliency.detach(),
                      anatomy=_anatomy_on_grid(image, stats, case.grid), chunk=chunk)
 
