@@ -35,7 +35,7 @@ _METRIC_DEFINITIONS = {
 }
 
 
-_LAYER_WORDS = {"segmentation": "decoder, a quarter of the input resolution",
+_LAYER_WORDS = {"segmentation": "the output convolution: the dense lesion evidence the outline is thresholded from",
                 "classification": "the output convolution: the dense lesion score map that is max-pooled"}
 
 
