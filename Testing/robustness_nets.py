@@ -53,3 +53,13 @@ class SobelExplainer(Explainer):
             magnitude = np.sqrt(sum(ndimage.sobel(sample, axis=a) ** 2 for a in range(sample.ndim)))
             maps.append(torch.from_numpy(magnitude.astype(np.float32)))
         return torch.stack(maps)[:, None]
+
+
+class EmptyExplainer(SobelExplainer):
+    """A map that is zero everywhere, as Grad-CAM++ gives on a layer of negative activations."""
+
+    key = "empty"
+    title = "Empty map"
+
+    def attribute(self, inputs, target, stage=None):
+        return torch.zeros_like(inputs)

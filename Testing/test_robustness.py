@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import make_image, rotation
-from robustness_nets import RegionNet, SobelExplainer, with_network
+from robustness_nets import EmptyExplainer, RegionNet, SobelExplainer, with_network
 from XAIExplainLib.cli import main
 from XAIExplainLib.errors import XAICancelled, XAIInputError
 from XAIExplainLib.models import load_model
@@ -176,6 +176,8 @@ def test_gradcam_changes_under_randomisation_but_an_edge_map_does_not(case, clas
     edges = sanity_check(case, classifier, "gradcam", max_steps=4, explainer_factory=SobelExplainer)
     assert not edges.passed and edges.final_spearman > 0.99
     assert "FAILS" in edges.verdict
+    empty = sanity_check(case, classifier, "gradcam", max_steps=2, explainer_factory=EmptyExplainer)
+    assert not empty.passed and empty.empty_map and "constant" in empty.verdict  # rank correlation 0 is no pass
     # The loaded model was never touched.
     again = sanity_check(case, classifier, "gradcam", max_steps=4)
     assert again.steps == gradcam.steps

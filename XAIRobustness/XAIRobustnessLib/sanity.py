@@ -48,9 +48,13 @@ class SanityResult:
     final_spearman: float
     threshold: float = PASS_SPEARMAN
     maps: list[torch.Tensor] = field(default_factory=list, repr=False)  # model grid, one per step
+    empty_map: bool = False  # the original map is constant in the anatomy: nothing to check
 
     @property
     def verdict(self) -> str:
+        if self.empty_map:
+            return (f"{self.method_name} FAILS the randomisation check: its map of the trained model is constant "
+                    "(empty) inside the anatomy, so it shows nothing that randomising the weights could destroy.")
         if self.passed:
             return (f"{self.method_name} passes the randomisation check: with all weights randomised its map keeps "
                     f"Spearman {self.final_spearman:.2f} < {self.threshold:g} with the original, so it depends on "
@@ -62,7 +66,7 @@ class SanityResult:
     def to_json(self) -> dict:
         return {"method": self.method, "method_name": self.method_name, "passed": self.passed,
                 "final_spearman": self.final_spearman, "threshold_spearman": self.threshold,
-                "verdict": self.verdict, "steps": self.steps,
+                "verdict": self.verdict, "steps": self.steps, "empty_map": self.empty_map,
                 "reference": "Adebayo et al., NeurIPS 2018 (arXiv:1810.03292), cascading randomisation"}
 
 
@@ -128,9 +132,12 @@ def sanity_check(
     stage.report(1.0, "done")
     final = steps[-1]["spearman"]
     explainer = build(model.network)
+    # A constant map "differs" from anything by rank correlation 0; it must not pass for that.
+    inside = original[reference.anatomy]
+    empty = bool(inside.numel() == 0 or inside.max() == inside.min())
     return SanityResult(method=method if explainer_factory is None else getattr(explainer, "key", method),
-                        method_name=explainer.title, steps=steps, passed=final < PASS_SPEARMAN,
-                        final_spearman=final, maps=maps)
+                        method_name=explainer.title, steps=steps, passed=final < PASS_SPEARMAN and not empty,
+                        final_spearman=final, maps=maps, empty_map=empty)
 
 
 def sanity_checks(image: sitk.Image, model: LoadedModel, methods: Sequence[str], seed: int = 0, max_steps: int = 8,
