@@ -167,7 +167,7 @@ def run_bench(
             if run_sanity:
                 check = sanity_check(case.image, model, method, seed=seed, reference=reference, cancel=cancel)
                 sanity[method].append({"case": case.name, "passed": check.passed,
-                                       "final_spearman": check.final_spearman})
+                                       "final_spearman": check.final_spearman, "empty_map": check.empty_map})
     stage.report(1.0, "done")
     result = BenchResult(model=model.model_id, rows=rows, sanity=sanity,
                          settings={"methods": list(methods), "faithfulness": faithfulness, "stability": stability,
@@ -207,9 +207,12 @@ def summarise(result: BenchResult, seed: int = 0) -> dict[str, dict[str, Any]]:
             values = [r[column] for r in rows if column in r]
             if values:
                 entry[column] = bootstrap_ci(values, seed=seed)
-        checks = result.sanity.get(method, [])
+        # A case whose map is empty (the model sees no evidence for the finding there: a missed lesion) has
+        # nothing to randomise away; it is counted apart, and the pass rate is over the other cases.
+        checks = [c for c in result.sanity.get(method, []) if not c.get("empty_map")]
         entry["sanity_pass_rate"] = (sum(c["passed"] for c in checks) / len(checks)) if checks else None
         entry["sanity_n"] = len(checks)
+        entry["sanity_empty"] = len(result.sanity.get(method, [])) - len(checks)
         summary[method] = entry
     return summary
 
@@ -227,12 +230,19 @@ def markdown_table(result: BenchResult) -> str:
             mean, low, high = entry.get(column, (float("nan"),) * 3)
             digits = 4 if column == "lesion_share" else 2  # a lesion is a fraction of a percent of the body
             cells.append("–" if not np.isfinite(mean) else f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
-        rate = entry["sanity_pass_rate"]
-        sanity = "–" if rate is None else f"{'passes' if rate == 1 else 'FAILS'} ({rate:.0%} of {entry['sanity_n']})"
+        sanity = _sanity_cell(entry)
         meets = "yes" if verdict.meets_targets else "no: " + "; ".join(verdict.failures)
         lines.append(f"| {EXPLAINERS[verdict.method].title} | "
                      f"{entry['n_cases']} | " + " | ".join(cells) + f" | {sanity} | {meets} |")
     return "\n".join(lines) + "\n"
+
+
+def _sanity_cell(entry: dict[str, Any]) -> str:
+    rate, empty = entry["sanity_pass_rate"], entry.get("sanity_empty", 0)
+    aside = f"; {empty} empty map{'s' if empty > 1 else ''} not checked" if empty else ""
+    if rate is None:
+        return f"not checked{' (' + aside[2:] + ')' if empty else ''}"
+    return f"{'passes' if rate == 1 else 'FAILS'} ({rate:.0%} of {entry['sanity_n']}{aside})"
 
 
 def recommendation_text(result: BenchResult) -> str:
