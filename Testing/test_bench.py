@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from conftest import make_image
 
 from XAIExplainLib.models import load_model
-from XAIRobustnessLib.bench import (BenchCase, BenchResult, bench_json, bootstrap_ci, markdown_table,
+from XAIRobustnessLib.bench import (BenchCase, BenchResult, bench_json, bootstrap_ci, markdown_table, summarise,
                                    recommendation_text, run_bench)
 from XAIRobustnessLib.verdicts import method_verdict, rank_methods, recommended_method
 
@@ -119,3 +119,14 @@ def test_bench_json_and_table_carry_the_verdicts(tmp_path):
     table = markdown_table(result)
     assert table.index("| Grad-CAM |") < table.index("| Gradient |") and "| no: fails the randomisation" in table
     assert recommendation_text(result).startswith("Recommended: Grad-CAM")
+
+
+def test_an_empty_map_is_counted_apart_in_the_randomisation_check():
+    sanity = {"gradcam": [{"case": "a", "passed": True, "final_spearman": 0.1, "empty_map": False},
+                          {"case": "b", "passed": False, "final_spearman": 0.0, "empty_map": True}],
+              "gradcampp": [{"case": "a", "passed": False, "final_spearman": 0.0, "empty_map": True}]}
+    result = BenchResult("demo", rows=[], sanity=sanity, settings={"methods": ["gradcam", "gradcampp"]})
+    summary = summarise(result)
+    assert (summary["gradcam"]["sanity_pass_rate"], summary["gradcam"]["sanity_n"], summary["gradcam"]["sanity_empty"]) == (1.0, 1, 1)
+    assert summary["gradcampp"]["sanity_pass_rate"] is None  # nothing left to check: no pass
+    assert "not run" in method_verdict("gradcampp", summary["gradcampp"]).failures[-1]
