@@ -55,6 +55,8 @@ def test_run_puts_the_heat_map_on_the_lesion_in_every_slice_view(viewer_url):
         prediction = page.inner_text("#prediction").strip().lower()
         assert prediction.startswith("lesion") and not prediction.startswith("lesion free"), prediction
         assert "the peak is inside it" in page.inner_text("#ground-truth")
+        hint = page.inner_text("#method-hint")  # why this method, and what the bench measured for it
+        assert hint.startswith("Recommended for this task") and "Measured by slicer-xai bench" in hint, hint
         views = quadrants(views_pixels(page))
         for name in ("axial", "coronal", "sagittal"):
             heat, outline = heat_mask(views[name]), outline_mask(views[name])
