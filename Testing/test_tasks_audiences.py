@@ -100,14 +100,21 @@ def _catalogue_with_bench(tmp_path, monkeypatch, ranking, fails=(), evidence_fil
 
 
 def test_recommendations_carry_the_bench_measurements(tmp_path, monkeypatch):
-    triage = _catalogue_with_bench(tmp_path, monkeypatch, ["gradcam", "gradcampp", "gradient"])().get("brain-lesion-triage")
+    triage = _catalogue_with_bench(tmp_path, monkeypatch, ["gradcam", "smoothgrad", "gradient"])().get("brain-lesion-triage")
     status, reason = triage.advice("gradcam")
     assert status == "recommended" and reason.endswith(
         "Measured by slicer-xai bench on brain-lesion-classifier (2 cases with a lesion): gradcam scored so.")
-    assert triage.advice("gradcampp") == ("neutral", "Measured by slicer-xai bench on brain-lesion-classifier "
-                                                     "(2 cases with a lesion): gradcampp scored so.")
-    assert triage.advice("smoothgrad") == ("neutral", None)  # not benched
+    assert triage.advice("smoothgrad") == ("neutral", "Measured by slicer-xai bench on brain-lesion-classifier "
+                                                      "(2 cases with a lesion): smoothgrad scored so.")
+    status, reason = triage.advice("occlusion")  # recommended, not benched: the reason alone
+    assert status == "recommended" and "Measured" not in reason
     assert triage.advice_text("gradcam").startswith("Recommended for this task: A triage reader")
+
+
+def test_the_shipped_catalogue_follows_its_bench():
+    for task in load_catalogue().tasks.values():
+        assert task.evidence is not None and task.primary_method == task.evidence.ranking[0]
+        assert "Measured by slicer-xai bench" in task.advice(task.primary_method)[1]
 
 
 @pytest.mark.parametrize("ranking, fails, evidence_file, complaint", [
