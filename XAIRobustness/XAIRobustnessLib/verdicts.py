@@ -84,11 +84,11 @@ def recommended_method(summary: Mapping[str, Mapping[str, Any]]) -> Optional[str
 
 def evidence_line(entry: Mapping[str, Any]) -> str:
     """One sentence of measured evidence for a method, for the task catalogue and its readers."""
-    rate = entry.get("sanity_pass_rate")
+    rate, checked = entry.get("sanity_pass_rate"), entry.get("sanity_n", 0)
     sanity = ("randomisation check not run" if rate is None else
-              "passes the randomisation check" if rate == 1 else
-              f"FAILS the randomisation check ({rate:.0%} of {entry.get('sanity_n', 0)} cases pass)")
+              f"passes the randomisation check (on {checked} of them)" if rate == 1 else
+              f"FAILS the randomisation check ({round(rate * checked)} of the {checked} checked pass)")
     return (f"pointing game {_mean(entry, 'pointing_hit'):.2f}, "
             f"{_mean(entry, 'mass_in_lesion'):.0%} of the map's mass in the lesion "
             f"(the lesion is {_mean(entry, 'lesion_share'):.2%} of the body), "
-            f"AUPRC {_mean(entry, 'auprc'):.2f}, {sanity} ({entry.get('n_cases', 0)} cases)")
+            f"AUPRC {_mean(entry, 'auprc'):.2f}, {sanity}")
