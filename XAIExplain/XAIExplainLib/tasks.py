@@ -68,13 +68,11 @@ class MethodAdvice:
 @dataclass(frozen=True)
 class BenchEvidence:
     """What ``slicer-xai bench`` measured on the task's demo model (a committed ``bench.json``): the
-    methods best first, the one that meets every target (or ``None``), and one sentence per method."""
+    methods best first and one sentence per method."""
 
-    file: Path
     model: str
     cases: int
     ranking: tuple[str, ...]
-    recommended: Optional[str]
     sentences: Mapping[str, str]
     fails_randomisation: frozenset[str]
 
@@ -396,8 +394,8 @@ def _read_evidence(file: Path) -> BenchEvidence:
     data = json.loads(file.read_text(encoding="utf-8"))
     verdicts = data["verdicts"]
     return BenchEvidence(
-        file=file, model=str(data["model"]), cases=len(data["settings"]["cases"]), ranking=tuple(verdicts),
-        recommended=data.get("recommended"), sentences={str(k): str(v) for k, v in data["evidence"].items()},
+        model=str(data["model"]), cases=len(data["settings"]["cases"]), ranking=tuple(verdicts),
+        sentences={str(k): str(v) for k, v in data["evidence"].items()},
         fails_randomisation=frozenset(m for m, v in verdicts.items() if v.get("passes_randomisation") is False),
     )
 

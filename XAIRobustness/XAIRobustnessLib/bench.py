@@ -239,10 +239,10 @@ def markdown_table(result: BenchResult) -> str:
 
 def _sanity_cell(entry: dict[str, Any]) -> str:
     rate, empty = entry["sanity_pass_rate"], entry.get("sanity_empty", 0)
-    aside = f"; {empty} empty map{'s' if empty > 1 else ''} not checked" if empty else ""
+    empties = f"{empty} empty map{'s' if empty > 1 else ''} not checked" if empty else ""
     if rate is None:
-        return f"not checked{' (' + aside[2:] + ')' if empty else ''}"
-    return f"{'passes' if rate == 1 else 'FAILS'} ({rate:.0%} of {entry['sanity_n']}{aside})"
+        return f"not checked ({empties})" if empty else "not checked"
+    return f"{'passes' if rate == 1 else 'FAILS'} ({rate:.0%} of {entry['sanity_n']}{'; ' + empties if empty else ''})"
 
 
 def recommendation_text(result: BenchResult) -> str:

@@ -9,8 +9,9 @@ A method *meets the targets* on a model when, over the bench's cases with a lesi
 * it **passes the model-randomisation check** on every case the check ran on (Adebayo et al.,
   NeurIPS 2018): a map that survives randomising the weights does not explain the model.
 
-Methods are ranked meeting-the-targets first, then by the share of the map's mass inside the lesion
-(what a reader sees on the lesion rather than elsewhere), then by AUPRC. The first that meets the
+Methods are ranked meeting-the-targets first, then passing the randomisation check, then by the share
+of the map's mass inside the lesion (what a reader sees on the lesion rather than elsewhere), then by
+AUPRC. The first that meets the
 targets is the one the product recommends for the model's task; the task catalogue is checked
 against this (:mod:`XAIExplainLib.tasks`).
 """
