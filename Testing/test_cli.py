@@ -65,8 +65,11 @@ def test_explain_writes_maps_on_the_input_grid_and_a_result(oblique_case, segmen
 def test_classifier_probabilities_and_nrrd_output(oblique_case, classifier_bundle, tmp_path):
     out = tmp_path / "out"
     assert main(["explain", str(oblique_case), "--model", str(classifier_bundle), "--method", "occlusion",
-                 "--occlusion-window", "6", "--format", "nrrd", "--target", "lesion", "--out", str(out)]) == 0
+                 "--occlusion-window", "6", "--occlusion-mode", "approximate", "--format", "nrrd", "--target", "lesion",
+                 "--out", str(out)]) == 0
     report = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    assert report["explanation"]["parameters"]["mode"] == "approximate"
+    assert report["explanation"]["parameters"]["window"] == 6
     assert report["prediction"]["class_names"] == ["no lesion", "lesion"]
     assert abs(sum(report["prediction"]["probabilities"].values()) - 1) < 1e-5
     assert report["explanation"]["target"]["class_name"] == "lesion"

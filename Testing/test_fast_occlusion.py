@@ -1,4 +1,4 @@
-"""Fast occlusion: incremental inference gives the full-inference map; fallback; coarse-to-fine mode."""
+"""Fast occlusion: incremental inference gives the full-inference map; fallback; approximate modes."""
 
 from __future__ import annotations
 
@@ -52,6 +52,88 @@ def test_incremental_equals_full_inference_on_a_unet():
     assert _relative_difference(incremental, full) <= 1e-4
 
 
+def _batch_norm_unet(size: int = SIZE) -> torch.nn.Module:
+    """The demo models' architecture (batch normalisation, skip connections, transposed convolutions), small."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    network = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
+                   num_res_units=1, norm="batch").eval()
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):  # statistics as after training, not the identity
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return network
+
+
+def _central_box(size: int = SIZE) -> torch.Tensor:
+    region = torch.zeros(size, size, size)
+    region[size // 4: 3 * size // 4, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    return region
+
+
+def test_skip_connections_and_transposed_convolutions_are_computed_on_patches(monkeypatch):
+    from XAIExplainLib.explainers.incremental import IncrementalInference
+
+    patched = {"_transposed": 0, "_concatenate": 0}
+    for name in patched:
+        original = getattr(IncrementalInference, name)
+
+        def counting(self, node, env, _original=original, _name=name):
+            result = _original(self, node, env)
+            patched[_name] += result is not None
+            return result
+
+        monkeypatch.setattr(IncrementalInference, name, counting)
+    fast, incremental, full = _both(_batch_norm_unet(), region_logit_sum(1, _central_box()))
+    assert fast.inference == "incremental"
+    assert patched["_transposed"] > 0 and patched["_concatenate"] > 0
+    assert _relative_difference(incremental, full) <= 1e-4
+
+
+def test_max_pooled_classifier_is_traced_and_gives_the_full_inference_map():
+    from XAIExplainLib.models.pooling import MaxPooledClassifier
+
+    network = MaxPooledClassifier(_batch_norm_unet(), positive_class=1).eval()
+    image = _image()
+    image[0, 0, 20:26, 6:12, 14:20] += 4.0  # one bright spot decides the case
+    fast, incremental, full = _both(network, class_logit(1), image=image)
+    assert fast.inference == "incremental"
+    assert _relative_difference(incremental, full) <= 1e-4
+
+
+def test_projective_field_thresholding_keeps_the_ranking_of_the_exact_map():
+    from scipy.stats import spearmanr
+
+    network, target, image = _batch_norm_unet(48), region_logit_sum(1, _central_box(48)), _image(48)
+    exact = Occlusion(network, window=8).attribute(image, target)
+    approximate = Occlusion(network, window=8, mode="approximate", field_threshold=0.5)
+    cut = approximate.attribute(image, target)
+    assert approximate.parameters()["field_threshold"] == 0.5
+    assert "projective field threshold 0.5 (largest error on 8 sample windows" in approximate.inference
+    assert not torch.equal(cut, exact)  # the cut patches drop some far, small changes...
+    assert spearmanr(cut.flatten(), exact.flatten())[0] >= 0.95  # ...and rank the windows as the exact map does
+    uncut = Occlusion(network, window=8, mode="approximate", field_threshold=1.0).attribute(image, target)
+    assert _relative_difference(uncut, exact) <= 1e-6
+
+
+def test_an_approximation_that_fails_its_sample_check_gives_the_exact_map():
+    from monai.networks.nets import ResNet
+
+    torch.manual_seed(0)  # global average pooling: every far change counts, so cutting patches breaks the map
+    network = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 8, 16, 32], spatial_dims=3,
+                     n_input_channels=1, num_classes=2).eval()
+    exact = Occlusion(network, window=8).attribute(_image(), class_logit(1))
+    approximate = Occlusion(network, window=8, mode="approximate", field_threshold=0.35)
+    assert torch.equal(approximate.attribute(_image(), class_logit(1)), exact)
+    assert "exact: projective field threshold 0.35 moved a drop by" in approximate.inference
+
+
+def test_field_threshold_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="projective field threshold"):
+        Occlusion(torch.nn.Identity(), mode="approximate", field_threshold=0.0)
+
+
 class _Branching(torch.nn.Module):
     """Data-dependent control flow: torch.fx cannot trace it."""
 
@@ -99,7 +181,7 @@ def _approximate_and_exact() -> tuple[torch.Tensor, torch.Tensor]:
     network = _BoxReader().eval()
     image = _image().abs() + 1.0
     exact = Occlusion(network, window=4).attribute(image, class_logit(1))
-    approximate = Occlusion(network, window=4, mode="approximate")
+    approximate = Occlusion(network, window=4, mode="approximate", refine_fraction=0.2)
     assert approximate.parameters()["mode"] == "approximate"
     return approximate.attribute(image, class_logit(1)), exact
 

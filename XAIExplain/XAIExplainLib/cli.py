@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--ensemble-model", action="append", default=[], metavar="MODEL",
                          help="another model for --uncertainty ensemble (repeatable)")
     explain.add_argument("--occlusion-window", type=int, help="occlusion window, in model-grid voxels (default 8)")
+    explain.add_argument("--occlusion-mode", choices=("exact", "approximate"),
+                         help="occlusion: the exact map (default) or a faster approximate one (projective field thresholding)")
     explain.add_argument("--ig-steps", type=int, help="Integrated Gradients steps (default 32)")
     explain.add_argument("--smoothgrad-samples", type=int, help="SmoothGrad noisy samples (default 16)")
     explain.add_argument("--seed", type=int, default=0)
@@ -182,8 +184,10 @@ def _explain(args: argparse.Namespace) -> int:
     target_mask = read_image(args.target_mask) if args.target_mask else None
     model = load_model(args.model, trust_bundle=args.trust_bundle)
     ensemble = [load_model(name, trust_bundle=args.trust_bundle) for name in args.ensemble_model]
-    params = {key: value for key, value in (("window", args.occlusion_window), ("n_steps", args.ig_steps),
-                                            ("n_samples", args.smoothgrad_samples)) if value is not None}
+    # Each option reaches only the method it belongs to.
+    options = {"occlusion": (("window", args.occlusion_window), ("mode", args.occlusion_mode)),
+               "ig": (("n_steps", args.ig_steps),), "smoothgrad": (("n_samples", args.smoothgrad_samples),)}
+    params = {key: value for key, value in options.get(args.method, ()) if value is not None}
     printer = ProgressPrinter()
     try:
         result = explain_image(image, model, method=args.method, target=args.target, target_mask=target_mask,

@@ -5,11 +5,17 @@ Occlusion-based Deep CNN Explanations", SIGMOD 2019 (Krypton). The network is tr
 :mod:`torch.fx` and run once on the unoccluded image, keeping every intermediate tensor. For a batch of
 occluded copies, each traced node is then evaluated on a *patch*: the box of its output that can differ
 from the cached tensor (the window's box grown by each layer's receptive field and mapped through its
-stride), read from the cached activation around it. Convolutions and pooling with fixed windows (zero
-or implicit padding), batch normalisation in eval mode, point-wise activations, dropout in eval mode
-and residual additions are computed on patches; any other node, and any node whose patch would cover
-most of its output, is computed on full tensors for the batch, rebuilt from the cache and the patches.
-The result equals full inference up to floating-point rounding.
+stride), read from the cached activation around it. Convolutions, transposed convolutions and pooling
+with fixed windows (zero or implicit padding), batch normalisation in eval mode, point-wise
+activations, dropout in eval mode, residual additions and channel concatenations (U-Net skip
+connections) are computed on patches; any other node (instance normalisation, global pooling…), and
+any node whose patch would cover most of its output, is computed on full tensors for the batch,
+rebuilt from the cache and the patches. The result equals full inference up to floating-point rounding.
+
+``field_threshold`` < 1 turns on Krypton's *projective field thresholding* (Section 4.1 of the paper):
+along each axis a patch may cover at most that share of its layer's output, centred on where the
+change is; changes beyond it, which have been spread thin by the layers before, are dropped. Deep,
+coarse layers then stay patched instead of being recomputed whole; the map is approximate.
 
 Networks that cannot be traced (TorchScript, data-dependent control flow) or whose first layer is not
 one of the above fall back to full inference, one forward pass per batch of occluded copies.
@@ -40,8 +46,9 @@ _POINTWISE_MODULES = (
 _POINTWISE_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid, torch.tanh}
 _POINTWISE_METHODS = {"relu", "sigmoid", "tanh"}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_CONCATENATE_FUNCTIONS = {torch.cat, torch.concat}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
@@ -78,11 +85,24 @@ class FullInference(OccludedInference):
 
 
 @dataclass
-class _Patch:
-    """A node's value for N occluded copies: its cached tensor with box ``starts[i]`` + ``size`` set to ``values[i]``."""
+class _Layout:
+    """Where N occluded copies of a node's output differ from its cached tensor.
+
+    Copy ``i`` can differ only inside the box ``lows[i]``..``highs[i]``; its values are computed on the
+    box ``starts[i]`` + ``size`` (one size for the batch) that holds it.
+    """
 
     starts: list[tuple[int, ...]]
     size: tuple[int, ...]
+    lows: list[tuple[int, ...]]
+    highs: list[tuple[int, ...]]
+
+
+@dataclass
+class _Patch:
+    """A node's value for N occluded copies: its cached tensor with box ``layout.starts[i]`` + ``layout.size`` set to ``values[i]``."""
+
+    layout: _Layout
     values: torch.Tensor
 
 
@@ -97,15 +117,20 @@ class IncrementalInference(OccludedInference):
     """Krypton-style incremental inference on a :mod:`torch.fx` trace of the network.
 
     ``max_fraction``: a node whose patch would cover more than this share of its output is computed on
-    full tensors instead (and so is everything downstream of it that reads it).
+    full tensors instead (and so is everything downstream of it that reads it). ``field_threshold``:
+    the largest share of each axis of a layer's output a patch may cover (1 = exact, see the module notes).
     """
 
     kind = "incremental"
 
-    def __init__(self, graph_module: torch.fx.GraphModule, image: torch.Tensor, max_fraction: float = 0.5) -> None:
+    def __init__(self, graph_module: torch.fx.GraphModule, image: torch.Tensor, max_fraction: float = 0.5,
+                 field_threshold: float = 1.0) -> None:
+        if not 0.0 < field_threshold <= 1.0:
+            raise ValueError(f"field_threshold must be in (0, 1], not {field_threshold}")
         self.graph_module = graph_module
         self.modules = dict(graph_module.named_modules())
         self.max_fraction = float(max_fraction)
+        self.field_threshold = float(field_threshold)
         self.cache: dict[torch.fx.Node, Any] = {}
         self._padded: dict[tuple, np.ndarray] = {}
         (self.input_node,) = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
@@ -122,7 +147,8 @@ class IncrementalInference(OccludedInference):
             if node.op == "placeholder":
                 starts = [tuple(s.start for s in box) for box in boxes]
                 size = tuple(s.stop - s.start for s in boxes[0])
-                env[node] = _Patch(starts, size, torch.from_numpy(_stack(fill[0].numpy(), starts, size)))
+                layout = _Layout(starts, size, starts, [tuple(s.stop for s in box) for box in boxes])
+                env[node] = _Patch(layout, torch.from_numpy(_stack(fill[0].numpy(), starts, size)))
             elif node.op == "output":
                 return torch.fx.node.map_arg(node.args[0], lambda n: self._as_tensor(n, env, count))
             elif all(env.get(n) is None for n in node.all_input_nodes):
@@ -165,8 +191,8 @@ class IncrementalInference(OccludedInference):
         full = np.empty((count, *cached.shape[1:]), dtype=cached.dtype)
         full[...] = cached
         values = value.values.numpy()
-        for i, start in enumerate(value.starts):
-            full[(i, slice(None), *_box(start, value.size))] = values[i]
+        for i, start in enumerate(value.layout.starts):
+            full[(i, slice(None), *_box(start, value.layout.size))] = values[i]
         return torch.from_numpy(full)
 
     def _patch_rule(self, node: torch.fx.Node) -> Optional[Callable[[torch.fx.Node, dict], Optional[_Patch]]]:
@@ -181,6 +207,8 @@ class IncrementalInference(OccludedInference):
                 return self._pointwise
             if _windowed_geometry(module) is not None:
                 return self._windowed
+            if _transposed_geometry(module) is not None:
+                return self._transposed
             return None
         if node.op == "call_function" and node.target in _POINTWISE_FUNCTIONS and len(node.all_input_nodes) == 1:
             return self._pointwise if node.args and node.args[0] is node.all_input_nodes[0] else None
@@ -192,13 +220,19 @@ class IncrementalInference(OccludedInference):
                 return self._add if self.cache[a].shape == self.cache[b].shape == self.cache[node].shape else None
             if isinstance(a, torch.fx.Node) and isinstance(b, (int, float)):
                 return self._pointwise
+        if node.op == "call_function" and node.target in _CONCATENATE_FUNCTIONS:
+            tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if (dim in (1, -self.cache[node].dim() + 1) and isinstance(tensors, (list, tuple)) and tensors
+                    and all(isinstance(t, torch.fx.Node) and self.cache[t].shape[2:] == self.cache[node].shape[2:] for t in tensors)):
+                return self._concatenate
         return None
 
     def _pointwise(self, node: torch.fx.Node, env: dict) -> _Patch:
         (source,) = node.all_input_nodes
         patch = env[source]
         args = torch.fx.node.map_arg(node.args, lambda n: patch.values)
-        return _Patch(patch.starts, patch.size, self.call(node, args, dict(node.kwargs)))
+        return _Patch(patch.layout, self.call(node, args, dict(node.kwargs)))
 
     def _windowed(self, node: torch.fx.Node, env: dict) -> Optional[_Patch]:
         module = self.modules[node.target]
@@ -207,37 +241,99 @@ class IncrementalInference(OccludedInference):
         patch = env[source]
         out_shape = self.cache[node].shape[2:]
         lows, highs = [], []
-        for start in patch.starts:
+        for low, high in zip(patch.layout.lows, patch.layout.highs):
             lo, hi = [], []
-            for a, w, k, s, p, d, m in zip(start, patch.size, kernel, stride, padding, dilation, out_shape):
+            for a, b, k, s, p, d, m in zip(low, high, kernel, stride, padding, dilation, out_shape):
                 first = min(max(0, -(((k - 1) * d - a - p) // s)), m - 1)  # ceil((a + p - (k-1)d) / s)
                 lo.append(first)
-                hi.append(max(min(m, (a + w - 1 + p) // s + 1), first + 1))
-            lows.append(lo)
-            highs.append(hi)
-        size = tuple(max(h[i] - l[i] for l, h in zip(lows, highs)) for i in range(len(out_shape)))
-        if math.prod(size) > self.max_fraction * math.prod(out_shape):
+                hi.append(max(min(m, (b - 1 + p) // s + 1), first + 1))
+            lows.append(tuple(lo))
+            highs.append(tuple(hi))
+        layout = self._fit(lows, highs, out_shape)
+        if layout is None:
             return None
-        starts = [tuple(min(l, m - n) for l, m, n in zip(lo, out_shape, size)) for lo in lows]
-        in_size = tuple((n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(size, stride, kernel, dilation))
-        in_starts = [tuple(o * s for o, s in zip(start, stride)) for start in starts]
+        in_size = tuple((n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(layout.size, stride, kernel, dilation))
+        in_starts = [tuple(o * s for o, s in zip(start, stride)) for start in layout.starts]
         region = self._gather(source, patch, padding, pad_value, in_starts, in_size)
-        return _Patch(starts, size, _windowed_forward(module, torch.from_numpy(region), stride, dilation))
+        return _Patch(layout, _windowed_forward(module, torch.from_numpy(region), stride, dilation))
+
+    def _transposed(self, node: torch.fx.Node, env: dict) -> Optional[_Patch]:
+        """A transposed convolution on patches: the outputs a changed input reaches, from every input reaching them."""
+        module = self.modules[node.target]
+        kernel, stride, padding, dilation = _transposed_geometry(module)
+        source = node.args[0]
+        patch = env[source]
+        out_shape, in_shape = self.cache[node].shape[2:], self.cache[source].shape[2:]
+        reach = [(k - 1) * d for k, d in zip(kernel, dilation)]
+        lows = [tuple(max(0, a * s - p) for a, s, p in zip(low, stride, padding)) for low in patch.layout.lows]
+        highs = [tuple(min(m, (b - 1) * s - p + r + 1) for b, s, p, r, m in zip(high, stride, padding, reach, out_shape))
+                 for high in patch.layout.highs]
+        layout = self._fit(lows, highs, out_shape)
+        if layout is None:
+            return None
+        starts, size = layout.starts, layout.size
+        # Inputs i reach outputs i*s - p .. i*s - p + r; the region from ``first`` holds every input reaching the patch.
+        firsts = [tuple((o + p - r) // s for o, p, r, s in zip(start, padding, reach, stride)) for start in starts]
+        in_size = tuple(max((start[i] + n - 1 + p) // s - first[i] + 1 for start, first in zip(starts, firsts))
+                        for i, (n, p, s) in enumerate(zip(size, padding, stride)))
+        pad = tuple(max(0, -min(f[i] for f in firsts), max(f[i] for f in firsts) + in_size[i] - in_shape[i])
+                    for i in range(len(in_shape)))
+        region = self._gather(source, patch, pad, 0.0, [tuple(f + q for f, q in zip(first, pad)) for first in firsts], in_size)
+        dims = len(in_shape)
+        full = _CONV_TRANSPOSE[dims](torch.from_numpy(region), module.weight, module.bias, stride, 0, 0, module.groups, dilation).numpy()
+        values = np.empty((len(starts), full.shape[1], *size), dtype=full.dtype)
+        for i, (start, first) in enumerate(zip(starts, firsts)):
+            offset = [o - (f * s - p) for o, f, s, p in zip(start, first, stride, padding)]
+            values[i] = full[(i, slice(None), *_box(offset, size))]
+        return _Patch(layout, torch.from_numpy(values))
 
     def _add(self, node: torch.fx.Node, env: dict) -> Optional[_Patch]:
         a, b = node.args
-        pa, pb = env[a], env[b]
-        shape = self.cache[node].shape[2:]
-        lows = [tuple(map(min, sa, sb)) for sa, sb in zip(pa.starts, pb.starts)]
-        highs = [tuple(max(x + n, y + m) for x, y, n, m in zip(sa, sb, pa.size, pb.size)) for sa, sb in zip(pa.starts, pb.starts)]
-        size = tuple(max(h[i] - l[i] for l, h in zip(lows, highs)) for i in range(len(shape)))
+        layout = self._union([env[a], env[b]], self.cache[node].shape[2:])
+        if layout is None:
+            return None
+        zero = (0,) * len(layout.size)
+        values = self._gather(a, env[a], zero, 0.0, layout.starts, layout.size)
+        np.add(values, self._gather(b, env[b], zero, 0.0, layout.starts, layout.size), out=values)
+        return _Patch(layout, torch.from_numpy(values))
+
+    def _concatenate(self, node: torch.fx.Node, env: dict) -> Optional[_Patch]:
+        tensors = node.args[0] if node.args else node.kwargs["tensors"]
+        layout = self._union([env[t] for t in tensors], self.cache[node].shape[2:])
+        if layout is None:
+            return None
+        zero = (0,) * len(layout.size)
+        values = np.concatenate([self._gather(t, env[t], zero, 0.0, layout.starts, layout.size) for t in tensors], axis=1)
+        return _Patch(layout, torch.from_numpy(values))
+
+    def _union(self, patches: Sequence[_Patch], shape: Sequence[int]) -> Optional[_Layout]:
+        """Per copy, the box holding every input's changed box (laid out by :meth:`_fit`)."""
+        count = len(patches[0].layout.lows)
+        lows = [tuple(map(min, *(p.layout.lows[i] for p in patches))) for i in range(count)]
+        highs = [tuple(map(max, *(p.layout.highs[i] for p in patches))) for i in range(count)]
+        return self._fit(lows, highs, shape)
+
+    def _fit(self, lows: Sequence[tuple[int, ...]], highs: Sequence[tuple[int, ...]], shape: Sequence[int]) -> Optional[_Layout]:
+        """One patch size for all copies and each copy's start, from the boxes ``lows``..``highs`` that may change.
+
+        Boxes smaller than the common size are moved inwards at the edges (the extra voxels hold values
+        that do not change). With a field threshold, an axis longer than that share of the output is cut
+        down to it around the box's centre, and the cut box is what changes from then on. None when the
+        patch would cover more than ``max_fraction`` of the output (compute it whole instead).
+        """
+        size = [max(h[i] - l[i] for l, h in zip(lows, highs)) for i in range(len(shape))]
+        limits = [max(1, math.ceil(self.field_threshold * m)) for m in shape]
+        cut = [n > limit for n, limit in zip(size, limits)]
+        size = tuple(min(n, limit) for n, limit in zip(size, limits))
         if math.prod(size) > self.max_fraction * math.prod(shape):
             return None
-        starts = [tuple(min(l, m - n) for l, m, n in zip(lo, shape, size)) for lo in lows]
-        zero = (0,) * len(shape)
-        values = self._gather(a, pa, zero, 0.0, starts, size)
-        np.add(values, self._gather(b, pb, zero, 0.0, starts, size), out=values)
-        return _Patch(starts, size, torch.from_numpy(values))
+        starts, kept_lows, kept_highs = [], [], []
+        for lo, hi in zip(lows, highs):
+            start = tuple(min(max(0, (l + h - n) // 2) if c else l, m - n) for l, h, n, m, c in zip(lo, hi, size, shape, cut))
+            starts.append(start)
+            kept_lows.append(tuple(max(l, a) for l, a in zip(lo, start)))
+            kept_highs.append(tuple(min(h, a + n) for h, a, n in zip(hi, start, size)))
+        return _Layout(starts, size, kept_lows, kept_highs)
 
     def _gather(self, source: torch.fx.Node, patch: _Patch, padding: Sequence[int], pad_value: float,
                 starts: Sequence[tuple[int, ...]], size: tuple[int, ...]) -> np.ndarray:
@@ -247,9 +343,9 @@ class IncrementalInference(OccludedInference):
         """
         region = _stack(self._padded_cache(source, tuple(padding), pad_value), starts, size)
         values = patch.values.numpy()
-        for i, (start, patch_start) in enumerate(zip(starts, patch.starts)):
+        for i, (start, patch_start) in enumerate(zip(starts, patch.layout.starts)):
             lo = [max(s, q + p) for s, q, p in zip(start, patch_start, padding)]
-            hi = [min(s + n, q + p + m) for s, q, p, n, m in zip(start, patch_start, padding, size, patch.size)]
+            hi = [min(s + n, q + p + m) for s, q, p, n, m in zip(start, patch_start, padding, size, patch.layout.size)]
             if any(h <= l for l, h in zip(lo, hi)):
                 continue
             target = tuple(slice(l - s, h - s) for l, h, s in zip(lo, hi, start))
@@ -284,8 +380,10 @@ class _CachingInterpreter(torch.fx.Interpreter):
 
 
 def occluded_inference(network: nn.Module, image: torch.Tensor, incremental: bool = True,
-                       max_fraction: float = 0.5) -> OccludedInference:
-    """Incremental inference for ``network`` on ``image`` where it applies, else full inference (with the reason)."""
+                       max_fraction: float = 0.5, field_threshold: float = 1.0) -> OccludedInference:
+    """Incremental inference for ``network`` on ``image`` where it applies, else full inference (with the reason).
+
+    ``field_threshold`` < 1: approximate incremental inference (projective field thresholding)."""
     if not incremental:
         return FullInference(network, image, "incremental inference switched off")
     if isinstance(network, torch.jit.ScriptModule):
@@ -296,7 +394,7 @@ def occluded_inference(network: nn.Module, image: torch.Tensor, incremental: boo
         return FullInference(network, image, f"the network cannot be traced ({type(error).__name__})")
     if sum(n.op == "placeholder" for n in graph_module.graph.nodes) != 1:
         return FullInference(network, image, "the network takes more than one input")
-    engine = IncrementalInference(graph_module, image, max_fraction)
+    engine = IncrementalInference(graph_module, image, max_fraction, field_threshold)
     if not engine.supports_first_layer():
         first = ", ".join(str(n.target) for n in engine.input_node.users)
         return FullInference(network, image, f"its first layer ({first}) is not one incremental inference handles")
@@ -327,14 +425,34 @@ def _windowed_geometry(module: nn.Module) -> Optional[tuple]:
     return None
 
 
+def _transposed_geometry(module: nn.Module) -> Optional[tuple]:
+    """``(kernel, stride, padding, dilation)`` of a transposed convolution it can patch."""
+    if not isinstance(module, nn.modules.conv._ConvTransposeNd) or _spatial_dims(module) is None:
+        return None
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        return None
+    return module.kernel_size, module.stride, module.padding, module.dilation
+
+
 def _windowed_forward(module: nn.Module, region: torch.Tensor, stride: Sequence[int], dilation: Sequence[int]) -> torch.Tensor:
     """The layer on a region that already holds its padding."""
     dims = region.dim() - 2
     if isinstance(module, nn.modules.conv._ConvNd):
         return _CONV[dims](region, module.weight, module.bias, stride, 0, dilation, module.groups)
     if isinstance(module, nn.modules.pooling._MaxPoolNd):
-        return _MAX_POOL[dims](region, module.kernel_size, stride, 0, dilation)
+        return _separable_max_pool(region, torch.nn.modules.utils._ntuple(dims)(module.kernel_size), stride, dilation)
     return _AVG_POOL[dims](region, module.kernel_size, stride, 0)
+
+
+def _separable_max_pool(region: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> torch.Tensor:
+    """Max pooling without padding as one running maximum per axis (a box maximum is separable).
+
+    The same values as ``max_pool3d``, about four times faster on CPU for the small batches of patches here.
+    """
+    for axis, (k, s, d) in enumerate(zip(kernel, stride, dilation), start=2):
+        windows = region.unfold(axis, (k - 1) * d + 1, s)
+        region = (windows[..., ::d] if d > 1 else windows).amax(dim=-1)
+    return region
 
 
 def _spatial_dims(module: nn.Module) -> Optional[int]:

@@ -8,10 +8,17 @@ change (air, outside the head) cannot change the score and are skipped.
 Occluded copies are scored with exact incremental inference (Nakandala et al., "Incremental and
 Approximate Inference for Faster Occlusion-based Deep CNN Explanations", SIGMOD 2019): each layer is
 recomputed only where the window can have changed it (:mod:`.incremental`), with full inference as the
-automatic fallback. ``mode="approximate"`` adds Krypton's adaptive drill-down: a coarse pass with
-windows and strides ``coarse_factor`` times larger, then the exact windows only where the coarse map is
-in the top ``refine_fraction`` of its magnitude; elsewhere a window's drop is the coarse drop shared
-out by volume.
+automatic fallback. ``mode="approximate"`` uses Krypton's two approximations: *projective field
+thresholding* (each layer's patch is cut to ``field_threshold`` of its output along each axis) and,
+when ``refine_fraction`` < 1, *adaptive drill-down*: a coarse pass with windows and strides
+``coarse_factor`` times larger, then the fine windows only where the coarse map is in the top
+``refine_fraction`` of its magnitude; elsewhere a window's drop is the coarse drop shared out by volume.
+
+How much thresholding changes a map depends on the network: U-Nets scored on a region lose little
+(their far changes are small), classifiers that average the whole volume can lose their ranking. So
+the approximation is first checked on a spread sample of windows against exact inference and kept
+only if no sampled drop moves by more than ``APPROXIMATION_TOLERANCE`` of the largest; otherwise the
+map is computed exactly, and ``inference`` says so.
 """
 
 from __future__ import annotations
@@ -26,15 +33,18 @@ from scipy.ndimage import gaussian_filter
 from ..progress import Stage
 from ..targets import TargetFn
 from .base import Explainer, batched
-from .incremental import OccludedInference, occluded_inference
+from .incremental import IncrementalInference, OccludedInference, occluded_inference
 
-__all__ = ["Occlusion", "blurred_fill"]
+__all__ = ["Occlusion", "blurred_fill", "APPROXIMATION_TOLERANCE"]
+
+#: The largest error, as a share of the largest sampled drop, at which the approximation is kept.
+APPROXIMATION_TOLERANCE = 0.05
 
 
 class Occlusion(Explainer):
     """Occlusion sensitivity with cubic windows of ``window`` voxels moved by ``stride`` voxels.
 
-    ``mode``: ``"exact"`` (every window) or ``"approximate"`` (coarse to fine, see the module notes).
+    ``mode``: ``"exact"`` (the map of full inference) or ``"approximate"`` (see the module notes).
     ``incremental``: score occluded copies with incremental inference where the network allows it.
     After :meth:`attribute`, ``inference`` says which inference ran (and why full inference, if so).
     """
@@ -47,14 +57,18 @@ class Occlusion(Explainer):
 
     def __init__(self, network: torch.nn.Module, target_layer: Optional[str] = None, internal_batch_size: int = 8,
                  window: int | Sequence[int] = 8, stride: Optional[int | Sequence[int]] = None, mode: str = "exact",
-                 incremental: bool = True, coarse_factor: int = 2, refine_fraction: float = 0.2) -> None:
-        super().__init__(network, target_layer, internal_batch_size)
+                 incremental: bool = True, field_threshold: float = 0.35, coarse_factor: int = 2,
+                 refine_fraction: float = 1.0) -> None:
+        super().__init__(network, target_layer, internal_batch_size)  # windows per batch (patches are small)
         if mode not in self.modes:
             raise ValueError(f"occlusion mode must be one of {', '.join(self.modes)}, not '{mode}'")
         self.window = window
         self.stride = stride
         self.mode = mode
         self.incremental = bool(incremental)
+        if not 0.0 < field_threshold <= 1.0:
+            raise ValueError(f"the projective field threshold must be in (0, 1], not {field_threshold}")
+        self.field_threshold = float(field_threshold)
         self.coarse_factor = max(1, int(coarse_factor))
         self.refine_fraction = float(refine_fraction)
         self.inference = ""
@@ -71,13 +85,33 @@ class Occlusion(Explainer):
                 self.inference = engine.kind + (f" ({engine.reason})" if engine.reason else "")
                 fill = _blurred(image, window)
                 progress = _Progress(stage, self.title, index, inputs.shape[0])
-                if self.mode == "exact":
-                    boxes = _boxes(image, fill, window, stride)
+                boxes = _boxes(image, fill, window, stride)
+                if self.mode == "approximate" and isinstance(engine, IncrementalInference):
+                    self.inference += ", " + self._approximate_if_close(engine, boxes, fill, target)
+                if self.mode == "exact" or self.refine_fraction >= 1.0:
                     drops = self._drops(engine, boxes, fill, target, progress.part(0.0, 1.0))
                 else:
-                    boxes, drops = self._coarse_to_fine(engine, image, fill, window, stride, target, progress)
+                    drops = self._coarse_to_fine(engine, image, fill, boxes, window, stride, target, progress)
                 maps.append(_average(image, boxes, drops))
         return torch.cat(maps)
+
+    def _approximate_if_close(self, engine: IncrementalInference, boxes: list, fill: torch.Tensor, target: TargetFn) -> str:
+        """Switch ``engine`` to projective field thresholding if it agrees with exact inference on a sample of windows."""
+        if not boxes or self.field_threshold >= 1.0:
+            return "exact"
+        chosen = sorted({round(i) for i in torch.linspace(0, len(boxes) - 1, min(len(boxes), self.internal_batch_size)).tolist()})
+        sample = [boxes[i] for i in chosen]
+        silent = _Progress(None, self.title, 0, 1)
+        exact = self._drops(engine, sample, fill, target, silent)
+        engine.field_threshold = self.field_threshold
+        error = float((self._drops(engine, sample, fill, target, silent) - exact).abs().max())
+        scale = float(exact.abs().max())
+        if scale > 0 and error > APPROXIMATION_TOLERANCE * scale:
+            engine.field_threshold = 1.0
+            return (f"exact: projective field threshold {self.field_threshold} moved a drop by {error / scale:.0%} of the "
+                    f"largest on {len(sample)} sample windows")
+        share = f"{error / scale:.1%} of the largest" if scale > 0 else "none"
+        return f"projective field threshold {self.field_threshold} (largest error on {len(sample)} sample windows: {share})"
 
     def _drops(self, engine: OccludedInference, boxes: list, fill: torch.Tensor, target: TargetFn,
                progress: "_Progress") -> torch.Tensor:
@@ -89,8 +123,8 @@ class Occlusion(Explainer):
             progress(part.stop / max(len(boxes), 1), f"{part.stop}/{len(boxes)} windows")
         return drops
 
-    def _coarse_to_fine(self, engine: OccludedInference, image: torch.Tensor, fill: torch.Tensor, window: tuple,
-                        stride: tuple, target: TargetFn, progress: "_Progress") -> tuple[list, torch.Tensor]:
+    def _coarse_to_fine(self, engine: OccludedInference, image: torch.Tensor, fill: torch.Tensor, boxes: list,
+                        window: tuple, stride: tuple, target: TargetFn, progress: "_Progress") -> torch.Tensor:
         """Krypton's adaptive drill-down: coarse windows everywhere, exact windows where the coarse map is large."""
         spatial = image.shape[2:]
         coarse_window = tuple(min(w * self.coarse_factor, s) for w, s in zip(window, spatial))
@@ -98,21 +132,22 @@ class Occlusion(Explainer):
         coarse_boxes = _boxes(image, fill, coarse_window, coarse_stride)
         coarse = _average(image, coarse_boxes, self._drops(engine, coarse_boxes, fill, target, progress.part(0.0, 0.4)))
         share = math.prod(window) / math.prod(coarse_window)
-        boxes = _boxes(image, fill, window, stride)
         estimates = torch.stack([coarse[(0, 0, *box)].mean() * share for box in boxes]) if boxes else torch.zeros(0)
         refine = max(1, math.ceil(self.refine_fraction * len(boxes))) if boxes else 0
         chosen = estimates.abs().argsort(descending=True)[:refine].tolist()
         exact = self._drops(engine, [boxes[i] for i in chosen], fill, target, progress.part(0.4, 1.0))
         drops = estimates.clone()
         drops[chosen] = exact
-        return boxes, drops
+        return drops
 
     def parameters(self) -> dict[str, Any]:
         params = {**super().parameters(), "window": self.window, "stride": self.stride or self.window,
                   "fill": "Gaussian-blurred image (sigma = window)", "mode": self.mode,
                   "inference": self.inference or ("incremental" if self.incremental else "full")}
         if self.mode == "approximate":
-            params.update(coarse_factor=self.coarse_factor, refine_fraction=self.refine_fraction)
+            params.update(field_threshold=self.field_threshold)
+            if self.refine_fraction < 1.0:
+                params.update(coarse_factor=self.coarse_factor, refine_fraction=self.refine_fraction)
         return params
 
 

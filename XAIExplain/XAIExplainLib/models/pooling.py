@@ -13,6 +13,7 @@ config (no code expressions); the engine adds this head when it loads the model.
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import nn
 
 __all__ = ["POOLINGS", "MaxPooledClassifier", "pooled_layer_name"]
@@ -38,11 +39,7 @@ class MaxPooledClassifier(nn.Module):
 
     def voxel_evidence(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-voxel log-odds of the positive class, ``(B, N)`` from flattened logits ``(B, C, N)``."""
-        positive = logits[:, self.positive_class]
-        if self.activation == "sigmoid" or logits.shape[1] == 1:
-            return positive
-        others = torch.cat([logits[:, : self.positive_class], logits[:, self.positive_class + 1:]], dim=1)
-        return positive - torch.logsumexp(others, dim=1)
+        return voxel_log_odds(logits, self.positive_class, self.activation)
 
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
         """Case logits ``(B, C)`` from dense logit maps ``(B, C, *spatial)``."""
@@ -52,6 +49,20 @@ class MaxPooledClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.dense(x))
+
+
+def voxel_log_odds(logits: torch.Tensor, positive_class: int, activation: str) -> torch.Tensor:
+    """Per-voxel log-odds of ``positive_class``, ``(B, N)`` from flattened logits ``(B, C, N)``."""
+    positive = logits[:, positive_class]
+    if activation == "sigmoid" or logits.shape[1] == 1:
+        return positive
+    others = torch.cat([logits[:, :positive_class], logits[:, positive_class + 1:]], dim=1)
+    return positive - torch.logsumexp(others, dim=1)
+
+
+# torch.fx records calls to this function as one node instead of tracing into its shape test, so the
+# pooled classifier can be traced (incremental occlusion needs a trace).
+torch.fx.wrap("voxel_log_odds")
 
 
 def pooled_layer_name(layer: str | None) -> str | None:
