@@ -149,3 +149,18 @@ def test_integrated_gradients_completeness():
     with torch.no_grad():
         difference = network(image)[0, 1] - network(torch.full_like(image, float(image.min())))[0, 1]
     assert abs(float(attribution.sum()) - float(difference)) < 0.02 * abs(float(difference))
+
+
+def test_integrated_gradients_equal_captums_whatever_the_batch():
+    from captum.attr import IntegratedGradients as CaptumIG
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.Tanh(), torch.nn.Flatten(),
+                                  torch.nn.LazyLinear(2)).eval()
+    image = _image()
+    network(image)
+    reference = CaptumIG(lambda x: network(x)[:, 1]).attribute(image, baselines=torch.full_like(image, float(image.min())),
+                                                               n_steps=12)
+    for batch in (None, 1, 5):  # None: as many path steps at once as the memory budget holds
+        ours = make_explainer("ig", network, n_steps=12, internal_batch_size=batch).attribute(image, class_logit(1))
+        torch.testing.assert_close(ours, reference.detach(), rtol=1e-4, atol=1e-6 * float(reference.abs().max()))

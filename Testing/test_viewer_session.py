@@ -78,12 +78,15 @@ def test_a_run_then_a_new_case_leaves_no_result_nodes(classifier_bundle, tmp_pat
     session.load_upload("case.nii.gz", _nifti_bytes(make_image(size=(30, 30, 30), blob_index=(10, 15, 15)), tmp_path))
     just_the_case = _case_nodes(scene)
     settings = RunSettings(model=str(classifier_bundle), method="gradcam", uncertainty="tta", samples=3)
-    runs = []
+    runs, reused = [], []
     for _ in range(2):  # a re-run replaces, never piles up
         result, facts = session.compute(session.input_image(), settings)
         session.apply(result, facts, settings, opacity=0.5, threshold=0.2)
         runs.append(_case_nodes(scene))
+        reused.append(result.reused)
     assert runs[0] == runs[1] and len(runs[0]) > len(just_the_case)
+    assert reused == [(), ("forward", "map", "uncertainty")]  # the same case and settings: nothing recomputed
     session.load_upload("other.nii.gz", _nifti_bytes(make_image(size=(24, 24, 24)), tmp_path))
     assert _case_nodes(scene) == just_the_case
     assert session.result is None and session.facts is None
+    assert session.compute(session.input_image(), settings)[0].reused == ()  # a new case: computed afresh

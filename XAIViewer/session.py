@@ -19,7 +19,7 @@ from XAIExplainLib.audiences import EVIDENCE_TOP_PERCENT, CaseFacts, build_case_
 from XAIExplainLib.errors import XAIInputError
 from XAIExplainLib.imageio import read_image, read_mask
 from XAIExplainLib.models import LoadedModel, list_bundled_models, load_model, resources_dir
-from XAIExplainLib.pipeline import ExplanationResult, explain_image
+from XAIExplainLib.pipeline import CaseCache, ExplanationResult, explain_image
 from XAIExplainLib.progress import CancelToken, ProgressCallback
 from XAIExplainLib.tasks import get_task
 
@@ -56,6 +56,8 @@ class ViewerSession:
     checks: TrustChecks = field(default_factory=TrustChecks)
     reference_mask: object = None
     nodes: Optional[mrml.ExplanationNodes] = None
+    #: The case's forward pass, activations and maps, reused when only the method or the target changes.
+    cache: CaseCache = field(default_factory=CaseCache)
     _models: dict = field(default_factory=dict)
 
     # --- case ---
@@ -103,6 +105,7 @@ class ViewerSession:
         self.input_node, self.result, self.nodes, self.facts, self.reference_mask = None, None, None, None, None
         self.settings = None
         self.checks.clear()
+        self.cache.clear()
 
     # --- model and run ---
 
@@ -121,7 +124,7 @@ class ViewerSession:
         """The engine's work and the facts the audience writers word; safe in a worker thread (no MRML)."""
         result = explain_image(image, self.model(settings.model), method=settings.method, target=settings.target,
                                uncertainty=settings.uncertainty, samples=settings.samples, seed=settings.seed,
-                               progress=progress, cancel=cancel)
+                               progress=progress, cancel=cancel, cache=self.cache)
         return result, self.describe(image, result, settings)
 
     def describe(self, image, result: ExplanationResult, settings: RunSettings) -> Optional[CaseFacts]:

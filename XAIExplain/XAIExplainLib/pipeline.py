@@ -20,7 +20,9 @@ import torch
 
 from . import __version__
 from .errors import XAIInputError, XAIModelError
+from .casecache import MAX_RECORDED_VOXELS, CaseCache, map_key
 from .explainers import EXPLAINERS, make_explainer
+from .explainers.cam import LayerRecording
 from .imageio import describe_geometry, validate_image
 from .models import LoadedModel
 from .preprocessing import model_grid, normalise_intensity, to_input_grid, to_model_grid
@@ -36,11 +38,14 @@ from .uncertainty import (
     tta_augmentations,
 )
 
-__all__ = ["PreparedCase", "ExplanationResult", "prepare_case", "predict_logits", "predict_probabilities", "explain_image",
+__all__ = ["PreparedCase", "ExplanationResult", "prepare_case", "predict_logits", "predict_probabilities",
+           "probabilities_from_logits", "uses_sliding_window", "explain_image", "CaseCache",
            "map_statistics", "describe_prediction", "resolve_target", "explainer_params", "build_provenance"]
 
 #: Methods that need a single forward and backward pass: cheap enough to repeat per uncertainty sample.
 _SINGLE_PASS_METHODS = ("gradcam", "gradcampp", "gradient")
+#: Methods that read one layer's activations (kept by the case cache).
+_CAM_METHODS = ("gradcam", "gradcampp")
 
 
 @dataclass
@@ -79,6 +84,8 @@ class ExplanationResult:
     uncertainty_info: dict = field(default_factory=dict)
     segmentation: Optional[sitk.Image] = None
     timings_s: dict = field(default_factory=dict)
+    #: What came from the case cache instead of being computed (``forward``, ``map``, ``uncertainty``).
+    reused: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -87,6 +94,7 @@ class ExplanationResult:
             "uncertainty": self.uncertainty_info or {"method": "none"},
             "provenance": self.provenance,
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+            **({"reused_from_cache": list(self.reused)} if self.reused else {}),
         }
 
 
@@ -104,20 +112,29 @@ def prepare_case(image: sitk.Image, model: LoadedModel) -> PreparedCase:
     return PreparedCase(image=image, grid=grid, inputs=torch.from_numpy(array)[None, None])
 
 
+def uses_sliding_window(model: LoadedModel, inputs: torch.Tensor) -> bool:
+    """Whether ``inputs`` is predicted window by window (a segmentation grid larger than the patch size)."""
+    patch = model.spec.input.patch_size
+    return model.spec.task == "segmentation" and bool(patch) and any(s > p for s, p in zip(inputs.shape[2:], patch))
+
+
 def predict_logits(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
     """Network output for a batch on the model grid; sliding windows when it exceeds the patch size."""
-    patch = model.spec.input.patch_size
-    if model.spec.task == "segmentation" and patch and any(s > p for s, p in zip(inputs.shape[2:], patch)):
+    if uses_sliding_window(model, inputs):
         from monai.inferers import sliding_window_inference
 
-        return sliding_window_inference(inputs, roi_size=patch, sw_batch_size=2, predictor=model.network,
-                                        overlap=0.25, mode="gaussian")
+        return sliding_window_inference(inputs, roi_size=model.spec.input.patch_size, sw_batch_size=2,
+                                        predictor=model.network, overlap=0.25, mode="gaussian")
     return model.network(inputs)
 
 
 def predict_probabilities(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
     """Class probabilities ``[B, K(, *spatial)]`` (softmax, or sigmoid turned into two classes)."""
-    logits = predict_logits(model, inputs)
+    return probabilities_from_logits(model, predict_logits(model, inputs))
+
+
+def probabilities_from_logits(model: LoadedModel, logits: torch.Tensor) -> torch.Tensor:
+    """The model card's output activation applied to ``logits``."""
     if model.spec.output_activation == "sigmoid" and logits.shape[1] == 1:
         positive = torch.sigmoid(logits)
         return torch.cat([1 - positive, positive], dim=1)
@@ -139,13 +156,15 @@ def explain_image(
     seed: int = 0,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    cache: Optional[CaseCache] = None,
 ) -> ExplanationResult:
     """Predict, explain and (optionally) estimate uncertainty for one case.
 
     ``target``: a class index or name (default: the predicted class for classifiers, the positive
     class for segmentation). ``target_mask``: for segmentation, the region whose logits are explained
     (default: the predicted region). ``uncertainty``: ``none``, ``mc-dropout``, ``tta`` or
-    ``ensemble`` (with ``ensemble`` the other models). Same ``seed``, same result.
+    ``ensemble`` (with ``ensemble`` the other models). Same ``seed``, same result. ``cache``: the open
+    case's cache; what it already knows is reused (and listed in ``reused``).
     """
     if method not in EXPLAINERS:
         raise XAIInputError(f"Unknown explanation method '{method}'; choose one of {', '.join(EXPLAINERS)}.")
@@ -161,24 +180,51 @@ def explain_image(
 
     stage = Stage(progress, cancel)
     timings: dict[str, float] = {}
+    reused: list[str] = []
     torch.manual_seed(seed)
-    with torch.no_grad():
-        clock = time.perf_counter()
-        stage.report(0.0, "preparing the image")
-        case = prepare_case(image, model)
-        timings["preprocess"] = time.perf_counter() - clock
+    entry = cache.case(image, model) if cache is not None else None
+    if entry is not None and entry.prepared is not None:
+        case, probabilities, prediction, segmentation = entry.prepared, entry.probabilities, entry.prediction, entry.segmentation
+        cache.hits["forward"] += 1
+        reused.append("forward")
+    else:
+        with torch.no_grad():
+            clock = time.perf_counter()
+            stage.report(0.0, "preparing the image")
+            case = prepare_case(image, model)
+            timings["preprocess"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         stage.report(0.02, "running the model")
-        probabilities = predict_probabilities(model, case.inputs)
+        if entry is not None and method in _CAM_METHODS and _recordable(model, case.inputs):
+            # One forward pass serves the prediction and, kept with its graph, every Grad-CAM of the case.
+            entry.recording = LayerRecording(model.network, model.spec.cam_target_layer, case.inputs)
+            probabilities = probabilities_from_logits(model, entry.recording.output.detach())
+        else:
+            with torch.no_grad():
+                probabilities = predict_probabilities(model, case.inputs)
         prediction, segmentation = describe_prediction(model, case, probabilities)
         timings["predict"] = time.perf_counter() - clock
+        if entry is not None:
+            entry.prepared, entry.probabilities, entry.prediction, entry.segmentation = case, probabilities, prediction, segmentation
 
     resolved = resolve_target(model, case, probabilities, target, target_mask)
     explain_share = 0.85 if uncertainty == "none" else 0.5
     clock = time.perf_counter()
     explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **explainer_params(method, seed, method_params))
-    attribution = explainer.attribute(case.inputs, resolved.fn, stage.sub(0.05, explain_share))[0, 0]
+    key = map_key(method, explainer.parameters(), resolved.class_index, resolved.region, seed)
+    if entry is not None and key in entry.maps:
+        attribution = entry.maps[key]
+        cache.hits["map"] += 1
+        reused.append("map")
+    else:
+        if entry is not None and method in _CAM_METHODS and _recordable(model, case.inputs):
+            if entry.recording is None:
+                entry.recording = LayerRecording(model.network, model.spec.cam_target_layer, case.inputs)
+            explainer.recording = entry.recording
+        attribution = explainer.attribute(case.inputs, resolved.fn, stage.sub(0.05, explain_share))[0, 0]
+        if entry is not None:
+            cache.remember_map(entry, key, attribution)
     saliency = case.to_input_grid(attribution)
     timings["explain"] = time.perf_counter() - clock
     explanation = {
@@ -195,9 +241,18 @@ def explain_image(
     uncertainty_map, uncertainty_info = None, {"method": "none"}
     if uncertainty != "none":
         clock = time.perf_counter()
-        uncertainty_map, uncertainty_info = _estimate_uncertainty(
-            model, case, method, resolved, uncertainty, samples, ensemble, image, seed, stage.sub(explain_share, 0.98)
-        )
+        spread_of = method if method in _SINGLE_PASS_METHODS else None  # what the classifier's map spread is of
+        uncertainty_key = (uncertainty, samples, seed, spread_of, key[2:4], tuple(m.sha256 for m in ensemble))
+        if entry is not None and uncertainty_key in entry.uncertainty:
+            uncertainty_map, uncertainty_info = entry.uncertainty[uncertainty_key]
+            cache.hits["uncertainty"] += 1
+            reused.append("uncertainty")
+        else:
+            uncertainty_map, uncertainty_info = _estimate_uncertainty(
+                model, case, method, resolved, uncertainty, samples, ensemble, image, seed, stage.sub(explain_share, 0.98)
+            )
+            if entry is not None:
+                entry.uncertainty[uncertainty_key] = (uncertainty_map, uncertainty_info)
         timings["uncertainty"] = time.perf_counter() - clock
     stage.report(1.0, "done")
     return ExplanationResult(
@@ -209,7 +264,14 @@ def explain_image(
         uncertainty_info=uncertainty_info,
         segmentation=segmentation,
         timings_s=timings,
+        reused=tuple(reused),
     )
+
+
+def _recordable(model: LoadedModel, inputs: torch.Tensor) -> bool:
+    """Whether the case cache keeps this case's forward pass with its graph (the CAM layer's activations)."""
+    return (bool(model.spec.cam_target_layer) and not model.is_torchscript and not uses_sliding_window(model, inputs)
+            and inputs.shape[0] * inputs[0, 0].numel() <= MAX_RECORDED_VOXELS)
 
 
 def map_statistics(image: sitk.Image) -> dict:
@@ -291,7 +353,7 @@ def resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.
             # Nothing predicted: explain what pushes the whole volume towards the class instead.
             region = torch.ones_like(region)
             description = f"'{spec.class_names[index]}' logits summed over the whole volume (none predicted)"
-    return Target(region_logit_sum(index, region), index, spec.class_names[index], description, int(region.sum()))
+    return Target(region_logit_sum(index, region), index, spec.class_names[index], description, int(region.sum()), region)
 
 
 def explainer_params(method: str, seed: int, overrides: Optional[dict[str, Any]]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ class Target:
     class_name: str
     description: str
     region_voxels: Optional[int] = None
+    region: Optional[torch.Tensor] = None  # segmentation: the voxels whose logits are summed
 
 
 def class_logit(class_index: int) -> TargetFn:

@@ -21,6 +21,7 @@ import torch
 
 from .errors import XAIModelError
 from .explainers.base import batched
+from .explainers.budget import batch_size_for
 from .progress import Stage
 
 __all__ = [
@@ -98,33 +99,33 @@ def sample_probabilities(
     network: torch.nn.Module,
     n_samples: int,
     seed: int,
-    batch_size: int = 4,
+    batch_size: Optional[int] = None,
     stage: Optional[Stage] = None,
 ) -> torch.Tensor:
     """``n_samples`` predictions ``[N, K(, *spatial)]`` of one case ``inputs`` ``[1, C, *spatial]``.
 
-    ``probabilities`` maps a batch to class probabilities (it may use sliding windows).
+    ``probabilities`` maps a batch to class probabilities (it may use sliding windows). Samples go
+    through the network ``batch_size`` at a time (default: as many as the memory budget holds).
     """
-    if method == "mc-dropout":
-        torch.manual_seed(seed)
-        samples = []
-        with mc_dropout(network), torch.no_grad():
-            for part in batched(n_samples, batch_size):
-                batch = inputs.expand(part.stop - part.start, *inputs.shape[1:])
-                samples.append(probabilities(batch))
-                if stage is not None:
-                    stage.report(part.stop / n_samples, f"MC dropout {part.stop}/{n_samples}")
-        return torch.cat(samples)
-    if method == "tta":
-        samples = []
-        augmentations = tta_augmentations(n_samples, inputs.dim() - 2, seed)
-        with torch.no_grad():
-            for i, augmentation in enumerate(augmentations):
-                samples.append(augmentation.invert_spatial(probabilities(augmentation.apply(inputs))))
-                if stage is not None:
-                    stage.report((i + 1) / n_samples, f"test-time augmentation {i + 1}/{n_samples}")
-        return torch.cat(samples)
-    raise ValueError(f"unknown sampling method {method!r}")
+    if method not in ("mc-dropout", "tta"):
+        raise ValueError(f"unknown sampling method {method!r}")
+    size = batch_size or batch_size_for(network, inputs, backward=False, copies=n_samples)
+    label = "MC dropout" if method == "mc-dropout" else "test-time augmentation"
+    augmentations = tta_augmentations(n_samples, inputs.dim() - 2, seed) if method == "tta" else []
+    samples = []
+    context = mc_dropout(network) if method == "mc-dropout" else contextlib.nullcontext()
+    torch.manual_seed(seed)
+    with context, torch.no_grad():
+        for part in batched(n_samples, size):
+            if method == "mc-dropout":
+                samples.append(probabilities(inputs.expand(part.stop - part.start, *inputs.shape[1:])))
+            else:
+                chosen = augmentations[part]
+                outputs = probabilities(torch.cat([augmentation.apply(inputs) for augmentation in chosen]))
+                samples += [augmentation.invert_spatial(outputs[i: i + 1]) for i, augmentation in enumerate(chosen)]
+            if stage is not None:
+                stage.report(part.stop / n_samples, f"{label} {part.stop}/{n_samples}")
+    return torch.cat(samples)
 
 
 def entropy(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from XAIExplainLib.errors import XAIInputError
 from XAIExplainLib.explainers import EXPLAINERS, Explainer, make_explainer
+from XAIExplainLib.explainers.budget import batch_size_for
 from XAIExplainLib.models import LoadedModel
 from XAIExplainLib.pipeline import PreparedCase, explainer_params, resolve_target, predict_probabilities, prepare_case
 from XAIExplainLib.preprocessing import to_model_grid
@@ -27,14 +28,8 @@ from XAIExplainLib.targets import Target
 
 from .perturbations import ImageStats, image_stats
 
-__all__ = ["Reference", "explain_reference", "chunk_size", "target_probability", "normalised_entropy",
+__all__ = ["Reference", "explain_reference", "target_probability", "normalised_entropy",
            "run_batched"]
-
-#: Bytes of activations and gradients per input voxel assumed when sizing batches (float32, a small
-#: 3-D CNN keeps roughly 16 feature maps' worth of activations plus their gradients per input voxel).
-_BYTES_PER_VOXEL = 4 * 32
-#: Batches larger than this bring nothing on a few CPU cores and make progress and Cancel sluggish.
-MAX_CHUNK = 8
 
 
 @dataclass
@@ -60,11 +55,6 @@ class Reference:
         return self.probabilities.argmax(dim=0) if self.is_segmentation else None
 
 
-def chunk_size(voxels: int, memory_budget_mb: float) -> int:
-    """How many cases go through the network at once within ``memory_budget_mb``."""
-    return int(max(1, min(MAX_CHUNK, memory_budget_mb * 2 ** 20 // max(voxels * _BYTES_PER_VOXEL, 1))))
-
-
 def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "gradcam", seed: int = 0,
                       method_params: Optional[dict[str, Any]] = None, memory_budget_mb: float = 2048,
                       stage: Optional[Stage] = None, target: Optional[int | str] = None) -> Reference:
@@ -78,7 +68,7 @@ def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "grad
     torch.manual_seed(seed)
     stage.report(0.0, "preparing the image")
     case = prepare_case(image, model)
-    chunk = chunk_size(int(np.prod(case.inputs.shape[2:])), memory_budget_mb)
+    chunk = batch_size_for(model.network, case.inputs, memory_budget_mb)
     with torch.no_grad():
         probabilities = predict_probabilities(model, case.inputs)
     resolved = resolve_target(model, case, probabilities, target, None)

@@ -2,7 +2,9 @@
 
 Both weight the feature maps ``A`` of one layer by the gradient of the target score with respect to
 them, keep the positive part and upsample to the input grid. Only the gradient down to that layer is
-computed (``torch.autograd.grad`` on the captured activation), not down to the input.
+computed (``torch.autograd.grad`` on the captured activation), not down to the input. Given a
+:class:`LayerRecording` of the same input (a forward pass kept with its graph), no forward pass is run:
+another target class costs one backward pass to the layer.
 """
 
 from __future__ import annotations
@@ -14,19 +16,50 @@ import torch.nn.functional as F
 
 from ..progress import Stage
 from ..targets import TargetFn
-from .base import Explainer
+from .base import Explainer, resolve_layer
 
-__all__ = ["GradCAM", "GradCAMpp"]
+__all__ = ["GradCAM", "GradCAMpp", "LayerRecording"]
+
+
+class LayerRecording:
+    """One forward pass of ``network`` on ``inputs``, kept with its autograd graph and ``layer``'s activation."""
+
+    def __init__(self, network: torch.nn.Module, layer_name: str, inputs: torch.Tensor) -> None:
+        self.network, self.layer_name, self.inputs = network, layer_name, inputs
+        captured: list[torch.Tensor] = []
+        handle = resolve_layer(network, layer_name, "Grad-CAM").register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            with torch.enable_grad():
+                self.output = network(inputs)
+        finally:
+            handle.remove()
+        self.activation = captured[-1]
+
+    def covers(self, network: torch.nn.Module, layer_name: Optional[str], inputs: torch.Tensor) -> bool:
+        """Whether this recording is of ``network``'s ``layer_name`` on this very ``inputs`` tensor."""
+        return network is self.network and layer_name == self.layer_name and inputs is self.inputs
+
+    def gradients(self, target: TargetFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Activations, d target / d activations and the scores, by one backward pass (the graph is kept)."""
+        scores = target(self.output)
+        (gradients,) = torch.autograd.grad(scores.sum(), self.activation, retain_graph=True)
+        return self.activation.detach(), gradients, scores.detach()
 
 
 class _CAMBase(Explainer):
     needs_layer = True
+    #: A forward pass of the network on the input it will be asked about, kept (set by the case cache).
+    recording: Optional[LayerRecording] = None
 
     def attribute(self, inputs: torch.Tensor, target: TargetFn, stage: Optional[Stage] = None) -> torch.Tensor:
         spatial = inputs.shape[2:]
+        if self.recording is not None and self.recording.covers(self.network, self.target_layer, inputs):
+            cam = self._combine(*self.recording.gradients(target))
+            return _scale_to_unit(_upsample(cam, spatial))
         maps = []
-        for i in range(0, inputs.shape[0], self.internal_batch_size):
-            chunk = inputs[i : i + self.internal_batch_size]
+        size = self.batch_size(inputs[:1], copies=inputs.shape[0])
+        for i in range(0, inputs.shape[0], size):
+            chunk = inputs[i : i + size]
             activations, gradients, scores = self._activations_and_gradients(chunk, target)
             cam = self._combine(activations, gradients, scores)
             maps.append(_upsample(cam, spatial))
