@@ -91,6 +91,27 @@ def test_skip_connections_and_transposed_convolutions_are_computed_on_patches(mo
     assert _relative_difference(incremental, full) <= 1e-4
 
 
+class _DownUp(torch.nn.Module):
+    """A strided convolution, then a transposed convolution back up: the decoder step of a U-Net."""
+
+    def __init__(self, kernel: int, padding: int, output_padding: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.down = torch.nn.Conv3d(1, 4, 3, stride=2, padding=1)
+        self.up = torch.nn.ConvTranspose3d(4, 2, kernel, stride=2, padding=padding, output_padding=output_padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.relu(self.down(x)))
+
+
+@pytest.mark.parametrize("kernel, padding, output_padding", [(2, 0, 0), (3, 1, 1), (4, 1, 0)])
+def test_transposed_convolutions_of_common_shapes_give_the_full_inference_map(kernel, padding, output_padding):
+    network = _DownUp(kernel, padding, output_padding).eval()
+    fast, incremental, full = _both(network, region_logit_sum(1, _central_box()), stride=5)
+    assert fast.inference == "incremental"
+    assert _relative_difference(incremental, full) <= 1e-4
+
+
 def test_max_pooled_classifier_is_traced_and_gives_the_full_inference_map():
     from XAIExplainLib.models.pooling import MaxPooledClassifier
 

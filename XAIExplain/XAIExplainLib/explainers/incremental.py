@@ -431,6 +431,8 @@ def _transposed_geometry(module: nn.Module) -> Optional[tuple]:
         return None
     if module.padding_mode != "zeros" or isinstance(module.padding, str):
         return None
+    if any((k - 1) * d + 1 < s for k, d, s in zip(module.kernel_size, module.dilation, module.stride)):
+        return None  # a kernel shorter than its stride leaves gaps the patch arithmetic does not cover
     return module.kernel_size, module.stride, module.padding, module.dilation
 
 
