@@ -271,3 +271,19 @@ def _run_main(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exit:  # argparse usage errors
         return int(exit.code)
+
+
+def test_map_comparison_against_one_reference_equals_the_single_measures():
+    from XAIRobustnessLib.similarity import MapComparison, spearman, ssim, top_k_iou
+
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.rand(12, 10, 8, generator=generator)
+    mask = torch.rand(12, 10, 8, generator=generator) > 0.3
+    comparison = MapComparison(reference, mask, absolute=True)
+    for other in (reference, reference + 0.3 * torch.rand(12, 10, 8, generator=generator), torch.zeros(12, 10, 8)):
+        scores = comparison(other)
+        assert scores["spearman"] == pytest.approx(spearman(reference, other, mask, absolute=True))
+        assert scores["topk_iou"] == pytest.approx(top_k_iou(reference, other, mask, absolute=True))
+        assert scores["ssim"] == pytest.approx(ssim(reference, other, mask, absolute=True))
+    assert comparison(reference) == pytest.approx({"spearman": 1.0, "topk_iou": 1.0, "ssim": 1.0})
+    assert comparison(torch.zeros(12, 10, 8))["spearman"] == 0.0  # a constant map shares no ranking

@@ -43,7 +43,7 @@ from XAIExplainLib.progress import CancelToken, ProgressCallback, Stage
 
 from .perturbations import MAX_SEVERITY, Perturbation, default_perturbations, get_perturbation
 from .reference import Reference, explain_reference, normalised_entropy, run_batched, target_probability
-from .similarity import compare_maps, dice
+from .similarity import MapComparison, dice
 
 __all__ = ["SPEARMAN_BREAK", "DICE_BREAK", "DEFAULT_SEVERITIES", "PerturbationSweep", "RobustnessSweep",
            "robustness_sweep", "perturbation_sweep"]
@@ -176,7 +176,8 @@ def robustness_sweep(
     timings.update(perturb_and_prepare=perturb_s, model_and_explain=model_s)
 
     clock = time.perf_counter()
-    sweeps = {p.key: _sweep_of(p, levels, reference, outcomes, model, seed) for p in catalogue}
+    comparison = MapComparison(reference.saliency, reference.anatomy, absolute=reference.explainer.signed)
+    sweeps = {p.key: _sweep_of(p, levels, reference, outcomes, model, seed, comparison) for p in catalogue}
     timings["compare"] = time.perf_counter() - clock
     stage.report(1.0, "done")
     timings["total"] = sum(timings.values())
@@ -217,13 +218,13 @@ def _severities(severities: Sequence[float]) -> list[float]:
 
 
 def _sweep_of(perturbation: Perturbation, levels: list[float], reference: Reference,
-              outcomes: dict, model: LoadedModel, seed: int) -> PerturbationSweep:
+              outcomes: dict, model: LoadedModel, seed: int, comparison: MapComparison) -> PerturbationSweep:
     maps = {0: reference.saliency}
     probabilities = {0: reference.probabilities}
     for s in levels:
         if s > 0:
             probabilities[s], maps[s] = outcomes[(perturbation.key, s)]
-    rows = [_row(perturbation, s, probabilities[s], maps[s], reference, model) for s in levels]
+    rows = [_row(perturbation, s, probabilities[s], maps[s], reference, model, comparison) for s in levels]
     summary = _summarise(perturbation, rows, model.spec.modality)
 
     def perturbed_image(severity: float) -> sitk.Image:
@@ -237,7 +238,7 @@ def _sweep_of(perturbation: Perturbation, levels: list[float], reference: Refere
 
 
 def _row(perturbation: Perturbation, severity: float, probabilities: torch.Tensor, saliency: torch.Tensor,
-         reference: Reference, model: LoadedModel) -> dict:
+         reference: Reference, model: LoadedModel, comparison: MapComparison) -> dict:
     batch = probabilities[None]
     names = model.spec.class_names
     region = reference.predicted_mask() == reference.target.class_index if reference.is_segmentation else None
@@ -256,8 +257,7 @@ def _row(perturbation: Perturbation, severity: float, probabilities: torch.Tenso
         row["prediction_changed"] = predicted != base
         row["confidence"] = float(probabilities[base])
     row["entropy"] = float(normalised_entropy(batch, region)[0])
-    row.update(compare_maps(reference.saliency, saliency, reference.anatomy,
-                            absolute=reference.explainer.signed))
+    row.update(comparison(saliency))
     return row
 
 
