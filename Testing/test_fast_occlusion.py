@@ -128,17 +128,17 @@ def test_projective_field_thresholding_keeps_the_ranking_of_the_exact_map():
 
     network, target, image = _batch_norm_unet(48), region_logit_sum(1, _central_box(48)), _image(48)
     exact = Occlusion(network, window=8).attribute(image, target)
-    approximate = Occlusion(network, window=8, mode="approximate", field_threshold=0.5)
+    approximate = Occlusion(network, window=8, mode="approximate", field_threshold=0.5, refine_threshold=None)
     cut = approximate.attribute(image, target)
     assert approximate.parameters()["field_threshold"] == 0.5
     assert "projective field threshold 0.5 (largest error on 8 sample windows" in approximate.inference
     assert not torch.equal(cut, exact)  # the cut patches drop some far, small changes...
     assert spearmanr(cut.flatten(), exact.flatten())[0] >= 0.95  # ...and rank the windows as the exact map does
-    uncut = Occlusion(network, window=8, mode="approximate", field_threshold=1.0).attribute(image, target)
+    uncut = Occlusion(network, window=8, mode="approximate", field_threshold=1.0, refine_threshold=None).attribute(image, target)
     assert _relative_difference(uncut, exact) <= 1e-6
 
 
-def test_an_approximation_that_fails_its_sample_check_gives_the_exact_map():
+def test_approximations_that_fail_their_sample_checks_give_the_exact_map():
     from monai.networks.nets import ResNet
 
     torch.manual_seed(0)  # global average pooling: every far change counts, so cutting patches breaks the map
@@ -146,8 +146,10 @@ def test_an_approximation_that_fails_its_sample_check_gives_the_exact_map():
                      n_input_channels=1, num_classes=2).eval()
     exact = Occlusion(network, window=8).attribute(_image(), class_logit(1))
     approximate = Occlusion(network, window=8, mode="approximate", field_threshold=0.35)
-    assert torch.equal(approximate.attribute(_image(), class_logit(1)), exact)
+    assert _relative_difference(approximate.attribute(_image(), class_logit(1)), exact) <= 1e-5
     assert "exact: projective field threshold 0.35 moved a drop by" in approximate.inference
+    # on a random image the evidence is everywhere: drill-down's check finds it outside the refined windows
+    assert "every fine window (drill-down found evidence outside" in approximate.inference
 
 
 def test_field_threshold_outside_zero_to_one_is_refused():
@@ -202,7 +204,7 @@ def _approximate_and_exact() -> tuple[torch.Tensor, torch.Tensor]:
     network = _BoxReader().eval()
     image = _image().abs() + 1.0
     exact = Occlusion(network, window=4).attribute(image, class_logit(1))
-    approximate = Occlusion(network, window=4, mode="approximate", refine_fraction=0.2)
+    approximate = Occlusion(network, window=4, mode="approximate", refine_threshold=0.05)
     assert approximate.parameters()["mode"] == "approximate"
     return approximate.attribute(image, class_logit(1)), exact
 

@@ -9,16 +9,19 @@ Occluded copies are scored with exact incremental inference (Nakandala et al., "
 Approximate Inference for Faster Occlusion-based Deep CNN Explanations", SIGMOD 2019): each layer is
 recomputed only where the window can have changed it (:mod:`.incremental`), with full inference as the
 automatic fallback. ``mode="approximate"`` uses Krypton's two approximations: *projective field
-thresholding* (each layer's patch is cut to ``field_threshold`` of its output along each axis) and,
-when ``refine_fraction`` < 1, *adaptive drill-down*: a coarse pass with windows and strides
-``coarse_factor`` times larger, then the fine windows only where the coarse map is in the top
-``refine_fraction`` of its magnitude; elsewhere a window's drop is the coarse drop shared out by volume.
+thresholding* (each layer's patch is cut to ``field_threshold`` of its output along each axis) and
+*adaptive drill-down* (``refine_threshold``; None turns it off): a coarse pass with windows and strides
+``coarse_factor`` times larger, then the fine windows only where the coarse map matters (its drop
+there is at least ``refine_threshold`` of its largest); elsewhere a window's drop is the coarse drop
+shared out by volume.
 
-How much thresholding changes a map depends on the network: U-Nets scored on a region lose little
-(their far changes are small), classifiers that average the whole volume can lose their ranking. So
-the approximation is first checked on a spread sample of windows against exact inference and kept
-only if no sampled drop moves by more than ``APPROXIMATION_TOLERANCE`` of the largest; otherwise the
-map is computed exactly, and ``inference`` says so.
+Both are checked, because how much they change a map depends on the network and the case. U-Nets
+scored on a region lose little to thresholding (their far changes are small), classifiers that
+average the whole volume can lose their ranking; a lesion case has one region that matters and
+drill-down finds it, a noisy or diffuse map has evidence everywhere. Thresholding is kept only if no
+drop of a spread sample of windows moves by more than ``APPROXIMATION_TOLERANCE`` of the largest
+against exact inference; drill-down only if a spread sample of the windows it left out really has
+drops below its threshold. Otherwise the exact computation is done, and ``inference`` says so.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class Occlusion(Explainer):
     def __init__(self, network: torch.nn.Module, target_layer: Optional[str] = None, internal_batch_size: int = 8,
                  window: int | Sequence[int] = 8, stride: Optional[int | Sequence[int]] = None, mode: str = "exact",
                  incremental: bool = True, field_threshold: float = 0.35, coarse_factor: int = 2,
-                 refine_fraction: float = 1.0) -> None:
+                 refine_threshold: Optional[float] = 0.05) -> None:
         super().__init__(network, target_layer, internal_batch_size)  # windows per batch (patches are small)
         if mode not in self.modes:
             raise ValueError(f"occlusion mode must be one of {', '.join(self.modes)}, not '{mode}'")
@@ -70,7 +73,9 @@ class Occlusion(Explainer):
             raise ValueError(f"the projective field threshold must be in (0, 1], not {field_threshold}")
         self.field_threshold = float(field_threshold)
         self.coarse_factor = max(1, int(coarse_factor))
-        self.refine_fraction = float(refine_fraction)
+        if refine_threshold is not None and not 0.0 <= refine_threshold < 1.0:
+            raise ValueError(f"the refine threshold must be in [0, 1), not {refine_threshold}")
+        self.refine_threshold = refine_threshold
         self.inference = ""
 
     def attribute(self, inputs: torch.Tensor, target: TargetFn, stage: Optional[Stage] = None) -> torch.Tensor:
@@ -88,10 +93,11 @@ class Occlusion(Explainer):
                 boxes = _boxes(image, fill, window, stride)
                 if self.mode == "approximate" and isinstance(engine, IncrementalInference):
                     self.inference += ", " + self._approximate_if_close(engine, boxes, fill, target)
-                if self.mode == "exact" or self.refine_fraction >= 1.0:
+                if self.mode == "exact" or self.refine_threshold is None:
                     drops = self._drops(engine, boxes, fill, target, progress.part(0.0, 1.0))
                 else:
-                    drops = self._coarse_to_fine(engine, image, fill, boxes, window, stride, target, progress)
+                    drops, note = self._coarse_to_fine(engine, image, fill, boxes, window, stride, target, progress)
+                    self.inference += ", " + note
                 maps.append(_average(image, boxes, drops))
         return torch.cat(maps)
 
@@ -124,8 +130,12 @@ class Occlusion(Explainer):
         return drops
 
     def _coarse_to_fine(self, engine: OccludedInference, image: torch.Tensor, fill: torch.Tensor, boxes: list,
-                        window: tuple, stride: tuple, target: TargetFn, progress: "_Progress") -> torch.Tensor:
-        """Krypton's adaptive drill-down: coarse windows everywhere, exact windows where the coarse map is large."""
+                        window: tuple, stride: tuple, target: TargetFn, progress: "_Progress") -> tuple[torch.Tensor, str]:
+        """Krypton's adaptive drill-down: coarse windows everywhere, fine windows where the coarse map is large.
+
+        A spread sample of the windows left out is computed too; if one of them has a drop above the
+        threshold, the coarse map missed evidence and every fine window is computed.
+        """
         spatial = image.shape[2:]
         coarse_window = tuple(min(w * self.coarse_factor, s) for w, s in zip(window, spatial))
         coarse_stride = tuple(st * self.coarse_factor for st in stride)
@@ -133,12 +143,22 @@ class Occlusion(Explainer):
         coarse = _average(image, coarse_boxes, self._drops(engine, coarse_boxes, fill, target, progress.part(0.0, 0.4)))
         share = math.prod(window) / math.prod(coarse_window)
         estimates = torch.stack([coarse[(0, 0, *box)].mean() * share for box in boxes]) if boxes else torch.zeros(0)
-        refine = max(1, math.ceil(self.refine_fraction * len(boxes))) if boxes else 0
-        chosen = estimates.abs().argsort(descending=True)[:refine].tolist()
-        exact = self._drops(engine, [boxes[i] for i in chosen], fill, target, progress.part(0.4, 1.0))
+        if not boxes:
+            return estimates, "drill-down (no windows)"
+        magnitude = estimates.abs()
+        chosen = (magnitude >= self.refine_threshold * float(magnitude.max())).nonzero().flatten().tolist()
+        left = [i for i in range(len(boxes)) if i not in set(chosen)]
+        probe = [left[round(k)] for k in torch.linspace(0, len(left) - 1, min(len(left), self.internal_batch_size)).tolist()] if left else []
+        chosen_and_probe = chosen + probe
         drops = estimates.clone()
-        drops[chosen] = exact
-        return drops
+        drops[chosen_and_probe] = self._drops(engine, [boxes[i] for i in chosen_and_probe], fill, target, progress.part(0.4, 0.7))
+        largest = float(drops[chosen_and_probe].abs().max())
+        if probe and float(drops[probe].abs().max()) > self.refine_threshold * largest:
+            rest = [i for i in left if i not in set(probe)]
+            drops[rest] = self._drops(engine, [boxes[i] for i in rest], fill, target, progress.part(0.7, 1.0))
+            return drops, (f"every fine window (drill-down found evidence outside the {len(chosen)} windows the coarse "
+                           f"map pointed at)")
+        return drops, f"drill-down: {len(chosen)} of {len(boxes)} fine windows refined, {len(probe)} more checked"
 
     def parameters(self) -> dict[str, Any]:
         params = {**super().parameters(), "window": self.window, "stride": self.stride or self.window,
@@ -146,8 +166,8 @@ class Occlusion(Explainer):
                   "inference": self.inference or ("incremental" if self.incremental else "full")}
         if self.mode == "approximate":
             params.update(field_threshold=self.field_threshold)
-            if self.refine_fraction < 1.0:
-                params.update(coarse_factor=self.coarse_factor, refine_fraction=self.refine_fraction)
+            if self.refine_threshold is not None:
+                params.update(coarse_factor=self.coarse_factor, refine_threshold=self.refine_threshold)
         return params
 
 
