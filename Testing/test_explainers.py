@@ -164,3 +164,31 @@ def test_integrated_gradients_equal_captums_whatever_the_batch():
     for batch in (None, 1, 5):  # None: as many path steps at once as the memory budget holds
         ours = make_explainer("ig", network, n_steps=12, internal_batch_size=batch).attribute(image, class_logit(1))
         torch.testing.assert_close(ours, reference.detach(), rtol=1e-4, atol=1e-6 * float(reference.abs().max()))
+
+
+class _TwoReaders(torch.nn.Module):
+    """Reads its input through two convolutions (as a MONAI residual unit does), one strided."""
+
+    def __init__(self, shared: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv3d(1, 3, 3, padding=1)
+        self.b = self.a if shared else torch.nn.Conv3d(1, 3, 3, stride=2, padding=1)
+        self.head = torch.nn.Conv3d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.tanh(self.a(x))
+        b = torch.nn.functional.interpolate(torch.tanh(self.b(x)), size=a.shape[2:])
+        return self.head(a * b).mean(dim=(2, 3, 4))
+
+
+@pytest.mark.parametrize("shared, expected", [(False, 2), (True, 0)])
+def test_summed_gradients_through_the_first_convolutions_equal_the_plain_sum(shared, expected):
+    from XAIExplainLib.explainers.gradients import _input_gradients, input_convolutions, weighted_input_gradient
+
+    network = _TwoReaders(shared).eval()
+    assert len(input_convolutions(network)) == expected  # a convolution called twice is not summed through
+    inputs = torch.randn(3, 1, 9, 8, 7, generator=torch.Generator().manual_seed(1))
+    weights = torch.tensor([0.2, 0.5, 0.3])
+    plain = (_input_gradients(network, inputs, class_logit(1)) * weights.view(-1, 1, 1, 1, 1)).sum(dim=0, keepdim=True)
+    torch.testing.assert_close(weighted_input_gradient(network, inputs, weights, class_logit(1)), plain)

@@ -1,11 +1,21 @@
-"""Gradient-family explainers: vanilla gradient, SmoothGrad, Integrated Gradients."""
+"""Gradient-family explainers: vanilla gradient, SmoothGrad, Integrated Gradients.
+
+SmoothGrad and Integrated Gradients need a weighted *sum* of input gradients over many copies of one
+image. When the network reads its input only through convolutions (the usual first layer), that sum
+is taken at the convolutions' outputs and carried back to the input once: a convolution's input
+gradient is linear in its output gradient and does not depend on the input. The first layer's
+backward pass, the most expensive one on a one-channel 3-D volume, is then paid once per map instead
+of once per copy; the result is the same up to floating-point rounding.
+"""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.fx
 
 from ..errors import XAIInputError
 from ..progress import Stage
@@ -13,6 +23,70 @@ from ..targets import TargetFn
 from .base import Explainer, batched
 
 __all__ = ["InputGradient", "SmoothGrad", "IntegratedGradients"]
+
+
+_first_layers: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[torch.nn.Module, ...]]" = weakref.WeakKeyDictionary()
+
+
+def input_convolutions(network: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """The convolutions through which alone ``network`` reads its input (empty if it reads it otherwise)."""
+    if network not in _first_layers:
+        _first_layers[network] = _find_input_convolutions(network)
+    return _first_layers[network]
+
+
+def _find_input_convolutions(network: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    if isinstance(network, torch.jit.ScriptModule):
+        return ()
+    try:
+        graph = torch.fx.symbolic_trace(network).graph
+    except Exception:  # noqa: BLE001 - an untraceable network: take gradients the plain way
+        return ()
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return ()
+    calls = [n.target for n in graph.nodes if n.op == "call_module"]
+    convolutions = []
+    for user in placeholders[0].users:
+        module = network.get_submodule(user.target) if user.op == "call_module" else None
+        if not (isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str) and user.args == (placeholders[0],) and not user.kwargs
+                and calls.count(user.target) == 1):  # a convolution called twice would need both outputs' gradients
+            return ()
+        convolutions.append(module)
+    return tuple(convolutions)
+
+
+_CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+
+
+def weighted_input_gradient(network: torch.nn.Module, inputs: torch.Tensor, weights: torch.Tensor,
+                            target: TargetFn) -> torch.Tensor:
+    """``sum_b weights[b] * d target(network(inputs))[b] / d inputs[b]``, ``[1, C, *spatial]``, one backward pass."""
+    convolutions = input_convolutions(network)
+    if not convolutions:
+        gradients = _input_gradients(network, inputs, target)
+        return (gradients * weights.view(-1, *([1] * (inputs.dim() - 1)))).sum(dim=0, keepdim=True)
+    outputs: dict[torch.nn.Module, torch.Tensor] = {}
+
+    def keep_output(module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        outputs[module] = output.detach().requires_grad_(True)
+        return outputs[module]
+
+    handles = [m.register_forward_hook(keep_output) for m in convolutions]
+    try:
+        with torch.enable_grad():
+            scores = target(network(inputs.detach()))
+            gradients = torch.autograd.grad((scores * weights).sum(), [outputs[m] for m in convolutions])
+    finally:
+        for handle in handles:
+            handle.remove()
+    size = (1, *inputs.shape[1:])
+    total = torch.zeros(size, dtype=inputs.dtype)
+    for module, gradient in zip(convolutions, gradients):
+        total += _CONV_INPUT_GRAD[inputs.dim() - 2](size, module.weight.detach(), gradient.sum(dim=0, keepdim=True),
+                                                     module.stride, module.padding, module.dilation, module.groups)
+    return total
 
 
 def _input_gradients(network: torch.nn.Module, inputs: torch.Tensor, target: TargetFn) -> torch.Tensor:
@@ -72,7 +146,7 @@ class SmoothGrad(Explainer):
             for part in batched(self.n_samples, self.batch_size(sample.unsqueeze(0), copies=self.n_samples)):
                 count = part.stop - part.start
                 noise = torch.randn((count, *sample.shape), generator=generator) * sigma
-                total += _input_gradients(self.network, sample.unsqueeze(0) + noise, target).sum(dim=0)
+                total += weighted_input_gradient(self.network, sample.unsqueeze(0) + noise, torch.ones(count), target)[0]
                 if stage is not None:
                     stage.report((index + part.stop / self.n_samples) / inputs.shape[0], self.title)
             maps.append((total / self.n_samples).abs().amax(dim=0, keepdim=True))
@@ -117,8 +191,8 @@ class IntegratedGradients(Explainer):
             path_sum = torch.zeros_like(sample)
             view = (-1, *([1] * (sample.dim() - 1)))
             for part in batched(self.n_steps, self.batch_size(sample, copies=self.n_steps)):
-                gradients = _input_gradients(self.network, baseline + alphas[part].view(view) * delta, target)
-                path_sum += (gradients * step_weights[part].view(view)).sum(dim=0, keepdim=True)
+                path_sum += weighted_input_gradient(self.network, baseline + alphas[part].view(view) * delta,
+                                                    step_weights[part], target)
                 if stage is not None:
                     stage.report((index + part.stop / self.n_steps) / inputs.shape[0], f"{self.title}: step {part.stop}/{self.n_steps}")
             maps.append((path_sum * delta).sum(dim=1, keepdim=True))
