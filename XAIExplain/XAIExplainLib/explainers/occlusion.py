@@ -61,7 +61,7 @@ class Occlusion(Explainer):
     def __init__(self, network: torch.nn.Module, target_layer: Optional[str] = None, internal_batch_size: int = 8,
                  window: int | Sequence[int] = 8, stride: Optional[int | Sequence[int]] = None, mode: str = "exact",
                  incremental: bool = True, field_threshold: float = 0.35, coarse_factor: int = 2,
-                 refine_threshold: Optional[float] = 0.05) -> None:
+                 refine_threshold: Optional[float] = 0.01) -> None:
         super().__init__(network, target_layer, internal_batch_size)  # windows per batch (patches are small)
         if mode not in self.modes:
             raise ValueError(f"occlusion mode must be one of {', '.join(self.modes)}, not '{mode}'")
