@@ -218,6 +218,35 @@ def test_approximate_mode_finds_the_evidence_and_keeps_its_exact_values():
     assert refined[strongest].float().mean() > 0.75  # most of the strongest evidence gets its exact value
 
 
+class _SmallSpotReader(torch.nn.Module):
+    """Scores one small spot only: windows spread over the image mostly change nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.Conv3d(4, 4, 3, padding=1), torch.nn.ReLU())
+        weights = torch.zeros(1, 4, SIZE, SIZE, SIZE)
+        weights[0, :, 4:7, 24:27, 12:15] = 1.0  # off the diagonal the spread sample runs along
+        self.register_buffer("weights", weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spot = (self.features(x) * self.weights).flatten(1).sum(dim=1)
+        return torch.stack([-spot, spot], dim=1)
+
+
+def test_a_threshold_the_spread_windows_cannot_judge_is_judged_where_the_evidence_is():
+    network, image = _SmallSpotReader().eval(), _image()
+    exact = Occlusion(network, window=4).attribute(image, class_logit(1))
+    approximate = Occlusion(network, window=4, mode="approximate")
+    fast = approximate.attribute(image, class_logit(1))
+    assert "sample windows showed no drop to check the projective field threshold on" in approximate.inference
+    assert "largest error on 8 sample windows" in approximate.inference  # judged again on the spot's windows
+    assert "drill-down:" in approximate.inference
+    strongest = exact.abs() >= 0.5 * exact.abs().max()
+    assert float((fast - exact)[strongest].abs().max()) <= 0.05 * float(exact.abs().max())
+
+
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="occlusion mode"):
         Occlusion(torch.nn.Identity(), mode="fast")

@@ -91,33 +91,44 @@ class Occlusion(Explainer):
                 fill = _blurred(image, window)
                 progress = _Progress(stage, self.title, index, inputs.shape[0])
                 boxes = _boxes(image, fill, window, stride)
-                if self.mode == "approximate" and isinstance(engine, IncrementalInference):
-                    self.inference += ", " + self._approximate_if_close(engine, boxes, fill, target)
+                thresholding = self.mode == "approximate" and isinstance(engine, IncrementalInference) and self.field_threshold < 1
+                if thresholding:
+                    verdict, note = self._check_threshold(engine, _spread(boxes, self.internal_batch_size), fill, target)
+                    if verdict is None and self.refine_threshold is None:
+                        engine.field_threshold, note = 1.0, "exact: " + note
+                    elif verdict is None:  # the coarse pass only steers drill-down: thresholded until rechecked
+                        engine.field_threshold = self.field_threshold
+                    self.inference += ", " + note
                 if self.mode == "exact" or self.refine_threshold is None:
                     drops = self._drops(engine, boxes, fill, target, progress.part(0.0, 1.0))
                 else:
-                    drops, note = self._coarse_to_fine(engine, image, fill, boxes, window, stride, target, progress)
+                    recheck = thresholding and verdict is None
+                    drops, note = self._coarse_to_fine(engine, image, fill, boxes, window, stride, target, progress, recheck)
                     self.inference += ", " + note
                 maps.append(_average(image, boxes, drops))
         return torch.cat(maps)
 
-    def _approximate_if_close(self, engine: IncrementalInference, boxes: list, fill: torch.Tensor, target: TargetFn) -> str:
-        """Switch ``engine`` to projective field thresholding if it agrees with exact inference on a sample of windows."""
-        if not boxes or self.field_threshold >= 1.0:
-            return "exact"
-        chosen = sorted({round(i) for i in torch.linspace(0, len(boxes) - 1, min(len(boxes), self.internal_batch_size)).tolist()})
-        sample = [boxes[i] for i in chosen]
+    def _check_threshold(self, engine: IncrementalInference, sample: list, fill: torch.Tensor,
+                         target: TargetFn) -> tuple[Optional[bool], str]:
+        """Projective field thresholding against exact inference on ``sample`` windows; ``engine`` keeps it if it agrees.
+
+        Returns (True, note) when kept, (False, note) when not, (None, note) when no sampled window
+        changes the score (nothing to judge it by: the engine stays exact).
+        """
+        engine.field_threshold = 1.0
         silent = _Progress(None, self.title, 0, 1)
         exact = self._drops(engine, sample, fill, target, silent)
+        scale = float(exact.abs().max()) if sample else 0.0
+        if scale == 0:
+            return None, f"the {len(sample)} sample windows showed no drop to check the projective field threshold on"
         engine.field_threshold = self.field_threshold
         error = float((self._drops(engine, sample, fill, target, silent) - exact).abs().max())
-        scale = float(exact.abs().max())
-        if scale > 0 and error > APPROXIMATION_TOLERANCE * scale:
+        if error > APPROXIMATION_TOLERANCE * scale:
             engine.field_threshold = 1.0
-            return (f"exact: projective field threshold {self.field_threshold} moved a drop by {error / scale:.0%} of the "
-                    f"largest on {len(sample)} sample windows")
-        share = f"{error / scale:.1%} of the largest" if scale > 0 else "none"
-        return f"projective field threshold {self.field_threshold} (largest error on {len(sample)} sample windows: {share})"
+            return False, (f"exact: projective field threshold {self.field_threshold} moved a drop by {error / scale:.0%} "
+                           f"of the largest on {len(sample)} sample windows")
+        return True, (f"projective field threshold {self.field_threshold} (largest error on {len(sample)} sample windows: "
+                      f"{error / scale:.1%} of the largest)")
 
     def _drops(self, engine: OccludedInference, boxes: list, fill: torch.Tensor, target: TargetFn,
                progress: "_Progress") -> torch.Tensor:
@@ -130,11 +141,14 @@ class Occlusion(Explainer):
         return drops
 
     def _coarse_to_fine(self, engine: OccludedInference, image: torch.Tensor, fill: torch.Tensor, boxes: list,
-                        window: tuple, stride: tuple, target: TargetFn, progress: "_Progress") -> tuple[torch.Tensor, str]:
+                        window: tuple, stride: tuple, target: TargetFn, progress: "_Progress",
+                        recheck: bool = False) -> tuple[torch.Tensor, str]:
         """Krypton's adaptive drill-down: coarse windows everywhere, fine windows where the coarse map is large.
 
         A spread sample of the windows left out is computed too; if one of them has a drop above the
-        threshold, the coarse map missed evidence and every fine window is computed.
+        threshold, the coarse map missed evidence and every fine window is computed. ``recheck``: the
+        projective field threshold could not be judged on spread windows; judge it on the strongest
+        windows the coarse map picks before computing them.
         """
         spatial = image.shape[2:]
         coarse_window = tuple(min(w * self.coarse_factor, s) for w, s in zip(window, spatial))
@@ -147,8 +161,13 @@ class Occlusion(Explainer):
             return estimates, "drill-down (no windows)"
         magnitude = estimates.abs()
         chosen = (magnitude >= self.refine_threshold * float(magnitude.max())).nonzero().flatten().tolist()
+        notes = []
+        if recheck:
+            strongest = sorted(chosen, key=lambda i: -float(magnitude[i]))[: self.internal_batch_size]
+            verdict, note = self._check_threshold(engine, [boxes[i] for i in strongest], fill, target)
+            notes.append("exact: " + note if verdict is None else note)  # a rejection's note already says "exact"
         left = [i for i in range(len(boxes)) if i not in set(chosen)]
-        probe = [left[round(k)] for k in torch.linspace(0, len(left) - 1, min(len(left), self.internal_batch_size)).tolist()] if left else []
+        probe = _spread(left, self.internal_batch_size)
         chosen_and_probe = chosen + probe
         drops = estimates.clone()
         drops[chosen_and_probe] = self._drops(engine, [boxes[i] for i in chosen_and_probe], fill, target, progress.part(0.4, 0.7))
@@ -156,9 +175,11 @@ class Occlusion(Explainer):
         if probe and float(drops[probe].abs().max()) > self.refine_threshold * largest:
             rest = [i for i in left if i not in set(probe)]
             drops[rest] = self._drops(engine, [boxes[i] for i in rest], fill, target, progress.part(0.7, 1.0))
-            return drops, (f"every fine window (drill-down found evidence outside the {len(chosen)} windows the coarse "
-                           f"map pointed at)")
-        return drops, f"drill-down: {len(chosen)} of {len(boxes)} fine windows refined, {len(probe)} more checked"
+            notes.append(f"every fine window (drill-down found evidence outside the {len(chosen)} windows the coarse "
+                         f"map pointed at)")
+        else:
+            notes.append(f"drill-down: {len(chosen)} of {len(boxes)} fine windows refined, {len(probe)} more checked")
+        return drops, ", ".join(notes)
 
     def parameters(self) -> dict[str, Any]:
         params = {**super().parameters(), "window": self.window, "stride": self.stride or self.window,
@@ -185,6 +206,13 @@ class _Progress:
         if self.stage is not None:
             done = self.low + fraction * (self.high - self.low)
             self.stage.report((self.index + done) / self.total, f"{self.title}: {message}")
+
+
+def _spread(boxes: list, count: int) -> list:
+    """Up to ``count`` boxes spread evenly through ``boxes``."""
+    if not boxes:
+        return []
+    return [boxes[i] for i in sorted({round(k) for k in torch.linspace(0, len(boxes) - 1, min(len(boxes), count)).tolist()})]
 
 
 def blurred_fill(image: torch.Tensor, window: int | Sequence[int]) -> torch.Tensor:
