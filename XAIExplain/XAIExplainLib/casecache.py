@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-__all__ = ["CaseCache", "CachedCase", "image_fingerprint"]
+__all__ = ["CaseCache", "CachedCase", "image_fingerprint", "map_key", "MAX_RECORDED_VOXELS"]
 
 #: Keeping the graph of a forward pass costs about the memory of a backward pass; above this many
 #: model-grid voxels (large CT volumes) activations are not kept, only maps and the forward's output.

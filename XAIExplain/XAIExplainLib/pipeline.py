@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .errors import XAIInputError, XAIModelError
-from .casecache import MAX_RECORDED_VOXELS, CaseCache, map_key
+from .casecache import MAX_RECORDED_VOXELS, CachedCase, CaseCache, map_key
 from .explainers import EXPLAINERS, make_explainer
 from .explainers.cam import LayerRecording
 from .imageio import describe_geometry, validate_image
@@ -196,10 +196,10 @@ def explain_image(
 
         clock = time.perf_counter()
         stage.report(0.02, "running the model")
-        if entry is not None and method in _CAM_METHODS and _recordable(model, case.inputs):
+        recording = _cam_recording(entry, model, method, case.inputs)
+        if recording is not None:
             # One forward pass serves the prediction and, kept with its graph, every Grad-CAM of the case.
-            entry.recording = LayerRecording(model.network, model.spec.cam_target_layer, case.inputs)
-            probabilities = probabilities_from_logits(model, entry.recording.output.detach())
+            probabilities = probabilities_from_logits(model, recording.output.detach())
         else:
             with torch.no_grad():
                 probabilities = predict_probabilities(model, case.inputs)
@@ -218,10 +218,9 @@ def explain_image(
         cache.hits["map"] += 1
         reused.append("map")
     else:
-        if entry is not None and method in _CAM_METHODS and _recordable(model, case.inputs):
-            if entry.recording is None:
-                entry.recording = LayerRecording(model.network, model.spec.cam_target_layer, case.inputs)
-            explainer.recording = entry.recording
+        recording = _cam_recording(entry, model, method, case.inputs)
+        if recording is not None:
+            explainer.recording = recording
         attribution = explainer.attribute(case.inputs, resolved.fn, stage.sub(0.05, explain_share))[0, 0]
         if entry is not None:
             cache.remember_map(entry, key, attribution)
@@ -268,10 +267,19 @@ def explain_image(
     )
 
 
-def _recordable(model: LoadedModel, inputs: torch.Tensor) -> bool:
-    """Whether the case cache keeps this case's forward pass with its graph (the CAM layer's activations)."""
-    return (bool(model.spec.cam_target_layer) and not model.is_torchscript and not uses_sliding_window(model, inputs)
-            and inputs.shape[0] * inputs[0, 0].numel() <= MAX_RECORDED_VOXELS)
+def _cam_recording(entry: Optional[CachedCase], model: LoadedModel, method: str,
+                   inputs: torch.Tensor) -> Optional[LayerRecording]:
+    """The case cache's forward pass kept with the CAM layer's activations (made on first use), or None
+    where none is kept: no cache, not a CAM method, no CAM layer, TorchScript, sliding windows, or a
+    grid too large to keep the graph of."""
+    if entry is None or method not in _CAM_METHODS:
+        return None
+    if (not model.spec.cam_target_layer or model.is_torchscript or uses_sliding_window(model, inputs)
+            or inputs.shape[0] * inputs[0, 0].numel() > MAX_RECORDED_VOXELS):
+        return None
+    if entry.recording is None:
+        entry.recording = LayerRecording(model.network, model.spec.cam_target_layer, inputs)
+    return entry.recording
 
 
 def map_statistics(image: sitk.Image) -> dict:

@@ -92,6 +92,7 @@ class Occlusion(Explainer):
                 progress = _Progress(stage, self.title, index, inputs.shape[0])
                 boxes = _boxes(image, fill, window, stride)
                 thresholding = self.mode == "approximate" and isinstance(engine, IncrementalInference) and self.field_threshold < 1
+                verdict: Optional[bool] = None
                 if thresholding:
                     verdict, note = self._check_threshold(engine, _spread(boxes, self.internal_batch_size), fill, target)
                     if verdict is None and self.refine_threshold is None:
@@ -166,14 +167,16 @@ class Occlusion(Explainer):
             strongest = sorted(chosen, key=lambda i: -float(magnitude[i]))[: self.internal_batch_size]
             verdict, note = self._check_threshold(engine, [boxes[i] for i in strongest], fill, target)
             notes.append("exact: " + note if verdict is None else note)  # a rejection's note already says "exact"
-        left = [i for i in range(len(boxes)) if i not in set(chosen)]
+        refined = set(chosen)
+        left = [i for i in range(len(boxes)) if i not in refined]
         probe = _spread(left, self.internal_batch_size)
         chosen_and_probe = chosen + probe
         drops = estimates.clone()
         drops[chosen_and_probe] = self._drops(engine, [boxes[i] for i in chosen_and_probe], fill, target, progress.part(0.4, 0.7))
         largest = float(drops[chosen_and_probe].abs().max())
         if probe and float(drops[probe].abs().max()) > self.refine_threshold * largest:
-            rest = [i for i in left if i not in set(probe)]
+            probed = set(probe)
+            rest = [i for i in left if i not in probed]
             drops[rest] = self._drops(engine, [boxes[i] for i in rest], fill, target, progress.part(0.7, 1.0))
             notes.append(f"every fine window (drill-down found evidence outside the {len(chosen)} windows the coarse "
                          f"map pointed at)")
