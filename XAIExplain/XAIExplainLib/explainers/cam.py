@@ -39,10 +39,14 @@ class LayerRecording:
         """Whether this recording is of ``network``'s ``layer_name`` on this very ``inputs`` tensor."""
         return network is self.network and layer_name == self.layer_name and inputs is self.inputs
 
-    def gradients(self, target: TargetFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Activations, d target / d activations and the scores, by one backward pass (the graph is kept)."""
-        scores = target(self.output)
-        (gradients,) = torch.autograd.grad(scores.sum(), self.activation, retain_graph=True)
+    def gradients(self, target: TargetFn, keep_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Activations, d target / d activations and the scores, by one backward pass.
+
+        ``keep_graph``: keep the graph for other targets (False frees it as the backward pass goes).
+        """
+        with torch.enable_grad():
+            scores = target(self.output)
+            (gradients,) = torch.autograd.grad(scores.sum(), self.activation, retain_graph=keep_graph)
         return self.activation.detach(), gradients, scores.detach()
 
 
@@ -60,26 +64,11 @@ class _CAMBase(Explainer):
         size = self.batch_size(inputs[:1], copies=inputs.shape[0])
         for i in range(0, inputs.shape[0], size):
             chunk = inputs[i : i + size]
-            activations, gradients, scores = self._activations_and_gradients(chunk, target)
-            cam = self._combine(activations, gradients, scores)
+            cam = self._combine(*LayerRecording(self.network, self.target_layer, chunk).gradients(target, keep_graph=False))
             maps.append(_upsample(cam, spatial))
             if stage is not None:
                 stage.report((i + len(chunk)) / inputs.shape[0], self.title)
         return _scale_to_unit(torch.cat(maps))
-
-    def _activations_and_gradients(
-        self, inputs: torch.Tensor, target: TargetFn
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        captured: list[torch.Tensor] = []
-        handle = self.layer.register_forward_hook(lambda _m, _i, output: captured.append(output))
-        try:
-            with torch.enable_grad():
-                scores = target(self.network(inputs))
-                activations = captured[-1]
-                (gradients,) = torch.autograd.grad(scores.sum(), activations)
-        finally:
-            handle.remove()
-        return activations.detach(), gradients.detach(), scores.detach()
 
     def _combine(self, activations: torch.Tensor, gradients: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
