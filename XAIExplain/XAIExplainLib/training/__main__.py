@@ -56,6 +56,11 @@ def _parser(recipe: ModelRecipe) -> argparse.ArgumentParser:
     parser.add_argument("--patches-per-case", type=int, default=d["patches_per_case"])
     parser.add_argument("--lesion-bias", type=float, default=d["lesion_bias"],
                         help="fraction of patches centred on a lesion voxel (cases with lesions)")
+    parser.add_argument("--peak-weight", type=float, default=d.get("peak_weight", 0.0),
+                        help="weight of the lesion-peak detection loss added to each patch's Dice + cross-entropy")
+    parser.add_argument("--keep-every-lesion", action=argparse.BooleanOptionalAction,
+                        default=d.get("keep_every_lesion", True),
+                        help="training masks keep a lesion smaller than the model voxels as its centroid voxel")
     parser.add_argument("--width", type=int, default=d["width"], help="channels of the first U-Net level")
     parser.add_argument("--dropout", type=float, default=d["dropout"])
     parser.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -77,7 +82,8 @@ def _command(recipe: ModelRecipe, args: argparse.Namespace) -> str:
         f"--n-train {args.n_train} --seed {args.seed} --n-eval {args.n_eval} --eval-seed {args.eval_seed} "
         f"--spacing {args.spacing:g} --patch {' '.join(map(str, args.patch))} "
         f"--window {' '.join(map(str, args.window))} --patches-per-case {args.patches_per_case} "
-        f"--lesion-bias {args.lesion_bias:g} --width {args.width} --dropout {args.dropout:g} "
+        f"--lesion-bias {args.lesion_bias:g} --peak-weight {args.peak_weight:g} "
+        f"--{'' if args.keep_every_lesion else 'no-'}keep-every-lesion --width {args.width} --dropout {args.dropout:g} "
         f"--batch-size {args.batch_size} --lr {args.lr:g} --case-epochs {args.case_epochs} --case-lr {args.case_lr:g}"
         + (f" --init {args.init}" if args.init else "")
     )
@@ -90,12 +96,13 @@ def _training_story(args: argparse.Namespace) -> str:
         steps.append(f"started from the weights of `{args.init}`")
     if args.epochs:
         steps.append(f"{args.epochs} epochs on random {'x'.join(map(str, args.patch))} patches ({args.lesion_bias:.0%} of "
-                     "those from lesion cases centred on a lesion), left-right flips, Dice + cross-entropy, AdamW with "
-                     "a one-cycle schedule")
+                     "those from lesion cases centred on a lesion), left-right flips, Dice + cross-entropy"
+                     + (f" plus {args.peak_weight:g} x the lesion-peak loss" if args.peak_weight else "")
+                     + ", AdamW with a one-cycle schedule")
     if args.case_epochs:
-        steps.append(f"{args.case_epochs} epochs on whole volumes through the max-pooling head (cross-entropy of the "
-                     "case label plus Dice + cross-entropy of the lesion map), which pushes down the most suspicious "
-                     "voxel of lesion-free volumes")
+        steps.append(f"{args.case_epochs} epochs on whole volumes with the lesion-peak loss (cross-entropy pushing "
+                     "every lesion's highest voxel up and the highest voxel outside the lesions down: the case score "
+                     "of the max-pooling head) plus Dice + cross-entropy of the lesion map")
     return "; then ".join(steps)
 
 
@@ -114,7 +121,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     clock = Stopwatch()
     generator = seed_everything(args.seed, args.threads)
     xai = recipe.xai_metadata(args.spacing, args.window)
-    train = build_set(recipe.kind, args.seed, args.n_train, xai, with_masks=True, log=clock.say)
+    train = build_set(recipe.kind, args.seed, args.n_train, xai, with_masks=True,
+                      keep_every_lesion=args.keep_every_lesion, log=clock.say)
     definition = unet_def(args.width, args.dropout)
     network = monai.networks.nets.UNet(**{k: v for k, v in definition.items() if k != "_target_"})
     init_seconds = 0.0
@@ -123,7 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         network.load_state_dict(getattr(start.network, "dense", start.network).state_dict())
         init_seconds = float(start.spec.metadata["xai"].get("model_card", {}).get("training_time_s", 0.0))
     losses = train_segmenter(network, train, args.epochs, args.patch, args.seed, generator, args.batch_size,
-                             args.patches_per_case, args.lr, args.lesion_bias, log=clock.say) if args.epochs else []
+                             args.patches_per_case, args.lr, args.lesion_bias, args.peak_weight,
+                             log=clock.say) if args.epochs else []
     if args.case_epochs:
         losses += finetune_case_level(network, train, args.case_epochs, args.seed, args.case_lr, log=clock.say)
     train_seconds = clock.elapsed

@@ -52,12 +52,34 @@ def to_model_input(image: sitk.Image, xai_meta: Mapping[str, Any]) -> np.ndarray
     return normalise_intensity(to_model_grid(image, model_grid_for(image, xai_meta)), intensity)
 
 
-def mask_to_model_grid(mask: sitk.Image, image: sitk.Image, xai_meta: Mapping[str, Any]) -> np.ndarray:
-    """Binary lesion mask on the model grid of ``image`` (linear resampling of the 0/1 mask, ≥ 0.5)."""
-    binary = sitk.Cast(mask > 0, sitk.sitkFloat32)
+def mask_to_model_grid(
+    mask: sitk.Image, image: sitk.Image, xai_meta: Mapping[str, Any], keep_every_lesion: bool = False
+) -> np.ndarray:
+    """Binary lesion mask on the model grid of ``image`` (linear resampling of the 0/1 mask, ≥ 0.5).
+
+    ``keep_every_lesion``: a lesion smaller than the model's voxels (a 5 mm nodule on a 3 mm grid) may
+    cover no model voxel by half and vanish — and a training target without it teaches the network that
+    the nodule is background. With this flag such a lesion keeps the model voxel at its centroid.
+    Training targets use it; Dice is measured against the plain resampled mask.
+    """
     grid = model_grid_for(image, xai_meta)
-    resampled = sitk.Resample(binary, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0) >= 0.5
+
+    def resampled(binary: sitk.Image) -> np.ndarray:
+        coverage = sitk.Resample(sitk.Cast(binary, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
+                                 0.0, sitk.sitkFloat32)
+        return sitk.GetArrayFromImage(coverage).transpose(2, 1, 0) >= 0.5
+
+    result = resampled(mask > 0)
+    if keep_every_lesion:
+        lesions = sitk.ConnectedComponent(mask > 0)
+        shapes = sitk.LabelShapeStatisticsImageFilter()
+        shapes.Execute(lesions)
+        for label in shapes.GetLabels():
+            if not resampled(lesions == label).any():
+                index = grid.TransformPhysicalPointToIndex(shapes.GetCentroid(label))
+                if all(0 <= i < n for i, n in zip(index, result.shape)):
+                    result[index] = True
+    return result
 
 
 def seed_everything(seed: int, threads: int = 2) -> torch.Generator:

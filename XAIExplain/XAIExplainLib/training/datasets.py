@@ -32,16 +32,18 @@ def build_set(
     n: int,
     xai_meta: Mapping[str, Any],
     with_masks: bool = False,
+    keep_every_lesion: bool = False,
     log: Optional[Callable[[str], None]] = None,
 ) -> ModelGridSet:
-    """Generate ``n`` cases of ``(kind, seed)`` and convert them with :func:`to_model_input`."""
+    """Generate ``n`` cases of ``(kind, seed)`` and convert them with :func:`to_model_input` (masks with
+    :func:`mask_to_model_grid`; ``keep_every_lesion`` for training targets)."""
     images, labels, masks, infos = [], [], [], []
     for index in range(n):
         image, mask, info = make_case(kind, seed, index)
         images.append(to_model_input(image, xai_meta).astype(np.float16))
         labels.append(int(info["label"]))
         if with_masks:
-            masks.append(mask_to_model_grid(mask, image, xai_meta))
+            masks.append(mask_to_model_grid(mask, image, xai_meta, keep_every_lesion))
         infos.append(info)
         if log is not None and ((index + 1) % 25 == 0 or index + 1 == n):
             log(f"generated {index + 1}/{n} {kind} cases (seed {seed})")

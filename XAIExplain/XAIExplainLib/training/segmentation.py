@@ -3,7 +3,9 @@
 Training draws random patches from volumes on the model grid, a chosen fraction of them centred on a
 lesion voxel when the case has one (foreground-balanced sampling as in nnU-Net, Isensee et al., Nat. Methods 2021),
 with random left–right flips, and minimises MONAI's Dice + cross-entropy loss (Milletari et al., 3DV
-2016) with AdamW and a one-cycle schedule. Evaluation runs the network on the whole model-grid volume,
+2016), optionally plus a detection loss on the peaks of the lesion map (:func:`lesion_peak_loss`), with
+AdamW and a one-cycle schedule; whole-volume fine-tuning (:func:`finetune_case_level`) then optimises
+the case score of the max-pooling head. Evaluation runs the network on the whole model-grid volume,
 as a segmenter (Dice) or, through the engine's max-pooling head, as a case classifier (AUC).
 """
 
@@ -14,14 +16,18 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
+from scipy import ndimage
 from torch import nn
+from torch.nn import functional as F
 
-from ..models.pooling import MaxPooledClassifier
+from ..models.pooling import MaxPooledClassifier, voxel_log_odds
 from .common import dice, roc_auc
 from .datasets import ModelGridSet
 
 __all__ = [
     "random_patch",
+    "label_lesions",
+    "lesion_peak_loss",
     "train_segmenter",
     "finetune_case_level",
     "predict_masks",
@@ -52,6 +58,46 @@ def random_patch(
     return image[box], mask[box]
 
 
+_MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def _dilate(binary: torch.Tensor) -> torch.Tensor:
+    """``(B, *spatial)`` boolean masks grown by one voxel (full neighbourhood)."""
+    grown = _MAX_POOLS[binary.dim() - 1](binary.float()[:, None], 3, stride=1, padding=1)
+    return grown[:, 0] > 0
+
+
+def label_lesions(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each binary mask as connected lesions ``1..K`` (int16; face connectivity), 0 for background."""
+    return [ndimage.label(mask)[0].astype(np.int16) for mask in masks]
+
+
+def lesion_peak_loss(logits: torch.Tensor, lesions: torch.Tensor, positive_class: int = 1) -> torch.Tensor:
+    """Detection loss on the peaks of the lesion log-odds map: every lesion's peak up, the background's down.
+
+    ``logits`` ``(B, C, *spatial)``, ``lesions`` ``(B, *spatial)`` integer lesion labels (0 background).
+    Binary cross-entropy of the highest voxel log-odds inside each lesion against 1, and of the highest
+    one outside every lesion (lesions dilated by one voxel: their partial-volume rim is ambiguous)
+    against 0 — the case score of a max-pooled classifier, pushed the right way. Unlike cross-entropy of
+    the global maximum (multiple-instance learning, Maron & Lozano-Pérez, NIPS 1998), a missed lesion
+    raises its own peak, not the vessel that happens to be the case's maximum; and a small lesion weighs
+    as much as a large one, which Dice over the batch (dominated by large lesions' volume) does not give.
+    """
+    odds = voxel_log_odds(logits.flatten(2), positive_class, "softmax")  # (B, N)
+    labels = lesions.flatten(1)
+    near = _dilate(lesions > 0).flatten(1)
+    background = odds.masked_fill(near, float("-inf")).amax(dim=1)
+    terms = [F.softplus(background[background > float("-inf")])]
+    for case in range(labels.shape[0]):
+        ids = labels[case]
+        count = int(ids.max())
+        if count:
+            peaks = torch.full((count + 1,), float("-inf"), dtype=odds.dtype).scatter_reduce(
+                0, ids.long(), odds[case], reduce="amax")[1:]
+            terms.append(F.softplus(-peaks[peaks > float("-inf")]))
+    return torch.cat(terms).mean()
+
+
 def train_segmenter(
     network: nn.Module,
     data: ModelGridSet,
@@ -63,11 +109,16 @@ def train_segmenter(
     patches_per_case: int = 2,
     learning_rate: float = 3e-3,
     lesion_bias: float = 0.5,
+    peak_weight: float = 0.0,
     log: Optional[Callable[[str], None]] = None,
 ) -> list[float]:
-    """Train ``network`` in place on random patches; returns the mean loss of each epoch."""
+    """Train ``network`` in place on random patches; returns the mean loss of each epoch.
+
+    ``peak_weight`` adds :func:`lesion_peak_loss` of each patch to its Dice + cross-entropy.
+    """
     assert data.masks is not None, "segmentation training needs masks"
     rng = np.random.default_rng(seed)
+    lesions = label_lesions(data.masks)
     n_samples = len(data) * patches_per_case
     steps_per_epoch = max(1, int(np.ceil(n_samples / batch_size)))
     optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
@@ -82,14 +133,17 @@ def train_segmenter(
         rng.shuffle(order)
         total = 0.0
         for start in range(0, n_samples, batch_size):
-            pairs = [random_patch(rng, data.images[i].astype(np.float32), data.masks[i], patch, lesion_bias)
+            pairs = [random_patch(rng, data.images[i].astype(np.float32), lesions[i], patch, lesion_bias)
                      for i in order[start:start + batch_size]]
             images = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
-            masks = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))[:, None]
+            labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
             flips = torch.rand(len(pairs), generator=generator) < 0.5
             images[flips] = torch.flip(images[flips], dims=[2])
-            masks[flips] = torch.flip(masks[flips], dims=[2])
-            loss = loss_fn(network(images), masks)
+            labels[flips] = torch.flip(labels[flips], dims=[1])
+            logits = network(images)
+            loss = loss_fn(logits, (labels > 0).long()[:, None])
+            if peak_weight:
+                loss = loss + peak_weight * lesion_peak_loss(logits, labels)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -110,21 +164,20 @@ def finetune_case_level(
     positive_class: int = 1,
     log: Optional[Callable[[str], None]] = None,
 ) -> list[float]:
-    """Fine-tune on whole volumes through the max-pooling head, so the case score is what is optimised.
+    """Fine-tune on whole volumes, so the case score of the max-pooling head is what is optimised.
 
     Patch training never shows the network the one spot of a lesion-free volume it finds most
-    suspicious; here cross-entropy on the case logits (the most suspicious voxel's,
-    :class:`~XAIExplainLib.models.pooling.MaxPooledClassifier`) pushes exactly that voxel down — hard
-    negative mining for free, as in multiple-instance learning (Maron & Lozano-Pérez, NIPS 1998) — while
-    the Dice + cross-entropy of the whole lesion map keeps the localisation. Batch-norm statistics stay
-    frozen (one whole volume per step); dropout stays on.
+    suspicious; here :func:`lesion_peak_loss` on the whole volume pushes exactly that voxel down (for a
+    lesion-free case it is the cross-entropy of the case logits of
+    :class:`~XAIExplainLib.models.pooling.MaxPooledClassifier`: hard negative mining for free) and every
+    lesion's own peak up, while the Dice + cross-entropy of the whole lesion map keeps the localisation.
+    Batch-norm statistics stay frozen (one whole volume per step); dropout stays on.
     """
     assert data.masks is not None, "case-level fine-tuning keeps the lesion maps and needs masks"
     rng = np.random.default_rng(seed)
-    head = MaxPooledClassifier(network, positive_class)
+    lesions = label_lesions(data.masks)
     optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     dense_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-    case_loss = nn.CrossEntropyLoss()
     losses = []
     for epoch in range(epochs):
         network.train()
@@ -134,13 +187,12 @@ def finetune_case_level(
         total = 0.0
         for index in rng.permutation(len(data)):
             image = torch.from_numpy(data.images[index].astype(np.float32))[None, None]
-            mask = torch.from_numpy(data.masks[index].astype(np.int64))[None, None]
+            labels = torch.from_numpy(lesions[index].astype(np.int64))[None]
             if rng.random() < 0.5:
-                image, mask = torch.flip(image, dims=[2]), torch.flip(mask, dims=[2])
+                image, labels = torch.flip(image, dims=[2]), torch.flip(labels, dims=[1])
             maps = network(image)
-            case_logits = head.pool(maps)
-            label = torch.tensor([int(data.labels[index])])
-            loss = case_loss(case_logits, label) + (dense_loss(maps, mask) if mask.any() else 0.0)
+            mask = (labels > 0).long()[:, None]
+            loss = lesion_peak_loss(maps, labels, positive_class) + (dense_loss(maps, mask) if mask.any() else 0.0)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

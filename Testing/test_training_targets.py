@@ -1,0 +1,109 @@
+"""What the demo models are trained towards: lesion masks on the model grid that keep every lesion, and
+the detection loss that pushes every lesion's peak up and the background's peak down."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from torch.nn import functional as F
+
+from XAIExplainLib.models.pooling import MaxPooledClassifier
+from XAIExplainLib.training.common import mask_to_model_grid, model_grid_for
+from XAIExplainLib.training.segmentation import label_lesions, lesion_peak_loss
+
+SEGMENTER_3MM = {"task": "segmentation", "input": {"spacing_mm": [3.0, 3.0, 3.0], "orientation": "RAS",
+                                                   "size": [16, 16, 16], "divisible_by": 16}}
+
+
+def _image_with_lesions(diameters_mm, between_grid_points):
+    """A 1 mm 64^3 image and its lesion mask (label k for the k-th ball); each ball centred midway between
+    model-grid voxel centres of the 3 mm grid (``between_grid_points``, grid index + 0.5)."""
+    image = sitk.GetImageFromArray(np.zeros((64, 64, 64), np.float32))
+    grid = model_grid_for(image, SEGMENTER_3MM)
+    zz, yy, xx = np.mgrid[:64, :64, :64].astype(float)
+    labels = np.zeros((64, 64, 64), np.uint8)
+    for k, (d, index) in enumerate(zip(diameters_mm, between_grid_points), start=1):
+        point = grid.TransformContinuousIndexToPhysicalPoint([i + 0.5 for i in index])
+        x, y, z = image.TransformPhysicalPointToContinuousIndex(point)
+        labels[(xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2 <= (d / 2) ** 2] = k
+    mask = sitk.GetImageFromArray(labels)
+    mask.CopyInformation(image)
+    return image, mask, grid
+
+
+def test_a_lesion_smaller_than_the_model_voxels_keeps_one_voxel_in_the_training_target():
+    image, mask, grid = _image_with_lesions([2.0, 12.0], [(6, 6, 6), (14, 14, 14)])
+    plain = mask_to_model_grid(mask, image, SEGMENTER_3MM)
+    kept = mask_to_model_grid(mask, image, SEGMENTER_3MM, keep_every_lesion=True)
+    assert ndimage_count(plain) == 1  # the 2 mm lesion between grid points vanishes by half-coverage
+    assert ndimage_count(kept) == 2
+    added = np.argwhere(kept & ~plain)
+    assert len(added) == 1
+    assert np.all((added[0] == 6) | (added[0] == 7))  # one of the 8 grid voxels around the small lesion
+    assert np.array_equal(kept & plain, plain)  # the large lesion's target is unchanged
+
+
+def ndimage_count(mask: np.ndarray) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask)[1])
+
+
+def _logits_from_odds(odds: torch.Tensor) -> torch.Tensor:
+    """Two-class logits ``(B, 2, *spatial)`` whose lesion log-odds are ``odds`` ``(B, *spatial)``."""
+    return torch.stack([torch.zeros_like(odds), odds], dim=1)
+
+
+def _gradient(odds: torch.Tensor, lesions: np.ndarray) -> torch.Tensor:
+    odds = odds.clone().requires_grad_(True)
+    lesion_peak_loss(_logits_from_odds(odds), torch.from_numpy(np.stack(label_lesions(lesions)))).backward()
+    return odds.grad
+
+
+def test_a_missed_lesion_raises_its_own_peak_not_the_case_maximum():
+    lesions = np.zeros((1, 12, 12, 12), bool)
+    lesions[0, 2:4, 2:4, 2:4] = True
+    odds = torch.full((1, 12, 12, 12), -4.0)
+    odds[0, 3, 3, 3] = -1.0  # the lesion's strongest voxel, below the case maximum
+    odds[0, 9, 9, 9] = 2.0  # a false alarm far from the lesion: the case maximum
+    grad = _gradient(odds, lesions)
+    assert grad[0, 3, 3, 3] < 0  # descent raises the lesion's peak
+    assert grad[0, 9, 9, 9] > 0  # and lowers the false alarm
+    others = grad.clone()
+    others[0, 3, 3, 3] = others[0, 9, 9, 9] = 0
+    assert torch.count_nonzero(others) == 0  # only the two peaks are touched
+
+
+def test_a_small_lesion_weighs_as_much_as_a_large_one():
+    lesions = np.zeros((1, 16, 16, 16), bool)
+    lesions[0, 2, 2, 2] = True  # one voxel
+    lesions[0, 8:13, 8:13, 8:13] = True  # 125 voxels
+    odds = torch.full((1, 16, 16, 16), -3.0)
+    grad = _gradient(odds, lesions)
+    small = grad[0, 2, 2, 2]
+    large = grad[0, 8:13, 8:13, 8:13].sum()
+    assert small < 0 and torch.isclose(small, large)
+
+
+def test_the_lesion_rim_is_not_background():
+    lesions = np.zeros((1, 10, 10, 10), bool)
+    lesions[0, 4:6, 4:6, 4:6] = True
+    odds = torch.full((1, 10, 10, 10), -5.0)
+    odds[0, 4:6, 4:6, 4:6] = 3.0
+    odds[0, 3, 4, 4] = 2.5  # partial-volume rim, touching the lesion
+    odds[0, 0, 0, 0] = -2.0  # the real background peak
+    grad = _gradient(odds, lesions)
+    assert grad[0, 3, 4, 4] == 0
+    assert grad[0, 0, 0, 0] > 0
+
+
+@pytest.mark.parametrize("shape", [(9, 7), (6, 5, 4)])
+def test_on_a_lesion_free_case_it_is_the_max_pooled_classifiers_cross_entropy(shape):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, *shape)
+    lesions = torch.zeros(3, *shape, dtype=torch.long)
+    case_logits = MaxPooledClassifier(torch.nn.Identity(), 1).pool(logits)
+    expected = F.cross_entropy(case_logits, torch.zeros(3, dtype=torch.long))
+    assert torch.isclose(lesion_peak_loss(logits, lesions), expected, atol=1e-6)
