@@ -103,9 +103,9 @@ _UNET_REFERENCES = ("Ronneberger O. et al. U-Net. MICCAI 2015.",
                     "Gal Y., Ghahramani Z. Dropout as a Bayesian approximation. ICML 2016.")
 _MAX_POOL_REFERENCE = "Oquab M. et al. Is object localization for free? CVPR 2015."
 _FONOV = "Fonov V. et al. Unbiased average age-appropriate atlases for pediatric studies. NeuroImage 2011."
-_BRAIN_DEFAULTS = {"spacing": 2.0, "window": [64, 64, 64], "epochs": 28, "n_train": 140, "seed": 10,
+_BRAIN_DEFAULTS = {"spacing": 2.0, "window": [64, 64, 64], "epochs": 50, "n_train": 140, "seed": 10,
                    "patch": [32, 32, 32], "width": 16, "dropout": 0.1, "batch_size": 8, "patches_per_case": 4,
-                   "lesion_bias": 0.7, "lr": 3e-3, "case_epochs": 2}
+                   "lesion_bias": 0.7, "peak_weight": 1.0, "lr": 3e-3, "case_epochs": 1}
 
 RECIPES: dict[str, ModelRecipe] = {
     recipe.name: recipe
@@ -178,9 +178,12 @@ RECIPES: dict[str, ModelRecipe] = {
                         "Segars W. P. et al. 4D XCAT phantom for multimodality imaging research. Med. Phys. 2010."),
             copyright_text="Copyright (c) SlicerXAI contributors.",
             value_range=(-1024, 3071),
-            defaults={"spacing": 3.0, "window": [64, 64, 64], "epochs": 16, "n_train": 160, "seed": 20,
+            defaults={"spacing": 3.0, "window": [64, 64, 64], "epochs": 40, "n_train": 160, "seed": 20,
                       "patch": [32, 32, 32], "width": 16, "dropout": 0.1, "batch_size": 8, "patches_per_case": 4,
-                      "lesion_bias": 0.7, "lr": 3e-3, "case_epochs": 3},
+                      "lesion_bias": 0.7, "peak_weight": 1.0, "lr": 3e-3, "case_epochs": 2,
+                      # Keeping sub-voxel nodules in the targets did not help here (held-out AUC 0.952 and
+                      # 0.937 on seeds 1234 and 4242, against 0.955 and 0.947 without).
+                      "keep_every_lesion": False},
         ),
     )
 }
