@@ -1,7 +1,7 @@
 """The demo model bundles in Resources/Models: the bundle contract and the training scripts.
 
 Held-out performance (evaluation seed 4242, used nowhere in training) is checked by
-Testing/heldout_checks.py, run by hand until the models meet their targets.
+Testing/test_heldout_acceptance.py.
 """
 
 from __future__ import annotations
