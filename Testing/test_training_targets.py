@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 from torch.nn import functional as F
 
 from XAIExplainLib.models.pooling import MaxPooledClassifier
@@ -33,22 +34,20 @@ def _image_with_lesions(diameters_mm, between_grid_points):
     return image, mask, grid
 
 
+def _count_lesions(mask: np.ndarray) -> int:
+    return int(ndimage.label(mask)[1])
+
+
 def test_a_lesion_smaller_than_the_model_voxels_keeps_one_voxel_in_the_training_target():
     image, mask, grid = _image_with_lesions([2.0, 12.0], [(6, 6, 6), (14, 14, 14)])
     plain = mask_to_model_grid(mask, image, SEGMENTER_3MM)
     kept = mask_to_model_grid(mask, image, SEGMENTER_3MM, keep_every_lesion=True)
-    assert ndimage_count(plain) == 1  # the 2 mm lesion between grid points vanishes by half-coverage
-    assert ndimage_count(kept) == 2
+    assert _count_lesions(plain) == 1  # the 2 mm lesion between grid points vanishes by half-coverage
+    assert _count_lesions(kept) == 2
     added = np.argwhere(kept & ~plain)
     assert len(added) == 1
     assert np.all((added[0] == 6) | (added[0] == 7))  # one of the 8 grid voxels around the small lesion
     assert np.array_equal(kept & plain, plain)  # the large lesion's target is unchanged
-
-
-def ndimage_count(mask: np.ndarray) -> int:
-    from scipy import ndimage
-
-    return int(ndimage.label(mask)[1])
 
 
 def _logits_from_odds(odds: torch.Tensor) -> torch.Tensor:
