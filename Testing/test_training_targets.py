@@ -31,7 +31,7 @@ def _image_with_lesions(diameters_mm, between_grid_points):
         labels[(xx - x) ** 2 + (yy - y) ** 2 + (zz - z) ** 2 <= (d / 2) ** 2] = k
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(image)
-    return image, mask, grid
+    return image, mask
 
 
 def _count_lesions(mask: np.ndarray) -> int:
@@ -39,7 +39,7 @@ def _count_lesions(mask: np.ndarray) -> int:
 
 
 def test_a_lesion_smaller_than_the_model_voxels_keeps_one_voxel_in_the_training_target():
-    image, mask, grid = _image_with_lesions([2.0, 12.0], [(6, 6, 6), (14, 14, 14)])
+    image, mask = _image_with_lesions([2.0, 12.0], [(6, 6, 6), (14, 14, 14)])
     plain = mask_to_model_grid(mask, image, SEGMENTER_3MM)
     kept = mask_to_model_grid(mask, image, SEGMENTER_3MM, keep_every_lesion=True)
     assert _count_lesions(plain) == 1  # the 2 mm lesion between grid points vanishes by half-coverage
