@@ -137,6 +137,8 @@ def test_training_script_runs_one_short_epoch(name, tmp_path):
     meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert meta["xai"]["weights_sha256"] == file_sha256(out / "models" / "model.pt")
     assert meta["xai"]["model_card"]["held_out_metrics"] == metrics
+    # The segmenter's outline threshold is chosen on its training cases and recorded.
+    assert ("outline_log_odds_offset" in meta["xai"]["model_card"]) == (BUNDLES[name]["task"] == "segmentation")
     from XAIExplainLib.models.loading import load_model
 
     loaded = load_model(out)

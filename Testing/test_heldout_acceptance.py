@@ -42,9 +42,6 @@ def test_brain_classifier_held_out_auc(brain_cases):
     assert _auc("brain-lesion-classifier", brain_cases) >= 0.95
 
 
-# On this seed the committed chest model reaches 0.947 (0.955 on its card's seed 1234): the misses are
-# nodules under 6 mm, two model voxels. Strict, so the mark must go when a retrained model meets it.
-@pytest.mark.xfail(strict=True, reason="chest AUC 0.947 on seed 4242, under the 0.95 target (README)")
 def test_chest_classifier_held_out_auc():
     assert _auc("chest-nodule-classifier", _cases("chest-ct")) >= 0.95
 

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from XAIExplainLib.models.pooling import MaxPooledClassifier
 from XAIExplainLib.training.common import mask_to_model_grid, model_grid_for
-from XAIExplainLib.training.segmentation import label_lesions, lesion_peak_loss
+from XAIExplainLib.training.segmentation import label_lesions, lesion_peak_loss, random_patch
 
 SEGMENTER_3MM = {"task": "segmentation", "input": {"spacing_mm": [3.0, 3.0, 3.0], "orientation": "RAS",
                                                    "size": [16, 16, 16], "divisible_by": 16}}
@@ -106,3 +106,23 @@ def test_on_a_lesion_free_case_it_is_the_max_pooled_classifiers_cross_entropy(sh
     case_logits = MaxPooledClassifier(torch.nn.Identity(), 1).pool(logits)
     expected = F.cross_entropy(case_logits, torch.zeros(3, dtype=torch.long))
     assert torch.isclose(lesion_peak_loss(logits, lesions), expected, atol=1e-6)
+
+
+def _patch_centre_hits(balance_lesions: bool, draws: int = 400) -> tuple[int, int]:
+    """How often lesion-centred 8^3 patches of a 48^3 case contain a 1-voxel lesion and a 7^3 one far apart."""
+    labels = np.zeros((48, 48, 48), np.int16)
+    labels[4:11, 4:11, 4:11] = 1  # 343 voxels
+    labels[40, 40, 40] = 2  # one voxel
+    image = np.zeros(labels.shape, np.float32)
+    rng = np.random.default_rng(0)
+    crops = [random_patch(rng, image, labels, (8, 8, 8), lesion_bias=1.0, balance_lesions=balance_lesions)[1]
+             for _ in range(draws)]
+    return sum(bool((c == 1).any()) for c in crops), sum(bool((c == 2).any()) for c in crops)
+
+
+def test_balanced_patches_look_at_a_small_lesion_as_often_as_at_a_large_one():
+    large, small = _patch_centre_hits(balance_lesions=True)
+    assert large + small == 400  # the two lesions are never in one patch
+    assert 0.4 < small / 400 < 0.6
+    large, small = _patch_centre_hits(balance_lesions=False)
+    assert small < 10  # voxel-drawn centres: the 1-voxel lesion is almost never looked at

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import monai
 
 from ..models import load_model
+from .calibration import OutlineCalibration, choose_outline_offset, shift_lesion_log_odds
 from .cards import bundle_metadata, model_card_markdown
 from .common import Stopwatch, display_path, environment, seed_everything, write_bundle
 from .datasets import build_set
@@ -61,6 +62,13 @@ def _parser(recipe: ModelRecipe) -> argparse.ArgumentParser:
     parser.add_argument("--keep-every-lesion", action=argparse.BooleanOptionalAction,
                         default=d.get("keep_every_lesion", True),
                         help="training masks keep a lesion smaller than the model voxels as its centroid voxel")
+    parser.add_argument("--balance-lesions", action=argparse.BooleanOptionalAction,
+                        default=d.get("balance_lesions", False),
+                        help="lesion-centred patches pick a lesion first (each equally often, whatever its size)")
+    parser.add_argument("--calibrate-outline", action=argparse.BooleanOptionalAction,
+                        default=d.get("calibrate_outline", False),
+                        help="segmenters: choose the lesion log-odds offset with the best training Dice (no new "
+                             "false-positive case) and fold it into the output bias")
     parser.add_argument("--width", type=int, default=d["width"], help="channels of the first U-Net level")
     parser.add_argument("--dropout", type=float, default=d["dropout"])
     parser.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -83,26 +91,34 @@ def _command(recipe: ModelRecipe, args: argparse.Namespace) -> str:
         f"--spacing {args.spacing:g} --patch {' '.join(map(str, args.patch))} "
         f"--window {' '.join(map(str, args.window))} --patches-per-case {args.patches_per_case} "
         f"--lesion-bias {args.lesion_bias:g} --peak-weight {args.peak_weight:g} "
-        f"--{'' if args.keep_every_lesion else 'no-'}keep-every-lesion --width {args.width} --dropout {args.dropout:g} "
+        f"--{'' if args.keep_every_lesion else 'no-'}keep-every-lesion "
+        f"--{'' if args.balance_lesions else 'no-'}balance-lesions --width {args.width} --dropout {args.dropout:g} "
         f"--batch-size {args.batch_size} --lr {args.lr:g} --case-epochs {args.case_epochs} --case-lr {args.case_lr:g}"
+        + (f" --{'' if args.calibrate_outline else 'no-'}calibrate-outline" if recipe.task == "segmentation" else "")
         + (f" --init {args.init}" if args.init else "")
     )
 
 
-def _training_story(args: argparse.Namespace) -> str:
+def _training_story(args: argparse.Namespace, outline: Optional[OutlineCalibration] = None) -> str:
     """How the weights were reached, in one sentence for the model card."""
     steps = []
     if args.init is not None:
         steps.append(f"started from the weights of `{args.init}`")
     if args.epochs:
         steps.append(f"{args.epochs} epochs on random {'x'.join(map(str, args.patch))} patches ({args.lesion_bias:.0%} of "
-                     "those from lesion cases centred on a lesion), left-right flips, Dice + cross-entropy"
+                     "those from lesion cases centred on a lesion"
+                     + (", each lesion equally often" if args.balance_lesions else "") + "), left-right flips, Dice + cross-entropy"
                      + (f" plus {args.peak_weight:g} x the lesion-peak loss" if args.peak_weight else "")
                      + ", AdamW with a one-cycle schedule")
     if args.case_epochs:
-        steps.append(f"{args.case_epochs} epochs on whole volumes with the lesion-peak loss (cross-entropy pushing "
+        steps.append(f"{args.case_epochs} epoch{'s' if args.case_epochs != 1 else ''} on whole volumes with the lesion-peak loss (cross-entropy pushing "
                      "every lesion's highest voxel up and the highest voxel outside the lesions down: the case score "
                      "of the max-pooling head) plus Dice + cross-entropy of the lesion map")
+    if outline is not None:
+        steps.append(f"the outline's decision threshold chosen on the training cases: lesion log-odds raised by "
+                     f"{outline.offset:g} (training Dice {outline.mean_dice[0.0]:.2f} -> "
+                     f"{outline.mean_dice[outline.offset]:.2f}, no lesion-free case gaining a false positive), "
+                     "folded into the output bias")
     return "; then ".join(steps)
 
 
@@ -132,9 +148,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         init_seconds = float(start.spec.metadata["xai"].get("model_card", {}).get("training_time_s", 0.0))
     losses = train_segmenter(network, train, args.epochs, args.patch, args.seed, generator, args.batch_size,
                              args.patches_per_case, args.lr, args.lesion_bias, args.peak_weight,
-                             log=clock.say) if args.epochs else []
+                             args.balance_lesions, log=clock.say) if args.epochs else []
     if args.case_epochs:
         losses += finetune_case_level(network, train, args.case_epochs, args.seed, args.case_lr, log=clock.say)
+    outline = None
+    if args.calibrate_outline:
+        if recipe.task != "segmentation":
+            raise SystemExit("--calibrate-outline is for segmenters (a classifier's case score is its maximum).")
+        outline = choose_outline_offset(network, train)
+        shift_lesion_log_odds(network, outline.offset)
+        clock.say(f"outline offset {outline.offset:g}: training Dice {outline.mean_dice[0.0]:.4f} -> "
+                  f"{outline.mean_dice[outline.offset]:.4f}")
     train_seconds = clock.elapsed
     held_out = build_set(recipe.kind, args.eval_seed, args.n_eval, xai, with_masks=True, log=clock.say)
     if recipe.task == "segmentation":
@@ -158,6 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "training_environment": environment(),
         "final_training_loss": round(losses[-1], 4) if losses else None,
     }
+    if outline is not None:
+        xai["model_card"]["outline_log_odds_offset"] = outline.offset
     dense_shape = ["16*n", "16*n", "16*n"]
     metadata = bundle_metadata(
         name=recipe.name,
@@ -181,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             "Intended use": "Research and teaching only — not for clinical use.",
             "Training data": training_data,
             "Preprocessing": recipe.preprocessing,
-            "How it was trained": f"`{command}` — {_training_story(args)}; {train_seconds / 60:.1f} min on "
+            "How it was trained": f"`{command}` — {_training_story(args, outline)}; {train_seconds / 60:.1f} min on "
                                   f"{environment()}"
                                   + (f" ({(train_seconds + init_seconds) / 60:.1f} min with the training of the "
                                      f"starting weights)." if init_seconds else "."),
