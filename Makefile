@@ -36,8 +36,8 @@ test: $(STAMP) chromium
 	$(PYTHON) -m pytest -q
 
 # The README's explanation-bench tables, and the task catalogue's evidence (Resources/Tasks/Bench), from
-# the three demo models on freshly generated cases (about 33 minutes on 2 cores).
-BENCH_ARGS ?= --synth 20 --seed 777 --methods gradcam,gradcampp,gradient --sanity-cases 3 --no-stability
+# the three demo models on freshly generated cases (about 42 minutes on 2 cores).
+BENCH_ARGS ?= --synth 20 --seed 777 --methods gradcam,gradcampp,gradient --sanity-cases 3
 bench: $(STAMP)
 	@for model in brain-lesion-classifier brain-lesion-segmenter chest-nodule-classifier; do \
 	  $(VENV)/bin/slicer-xai bench --model $$model $(BENCH_ARGS) --out out/bench/$$model || exit 1; \

@@ -2,7 +2,7 @@
 
 A segmenter trained with Dice + cross-entropy on patches that are mostly background, and with a loss
 that pushes the most suspicious background voxel down, comes out cautious: its arg-max outline
-covers the brightest core of a lesion and leaves the rest (mean Dice 0.70 on its own training cases).
+covers the brightest core of a lesion and leaves the rest (mean Dice 0.69 on its own training cases).
 Choosing the decision threshold on the training data, as nnU-Net does its post-processing (Isensee et
 al., Nat. Methods 2021), and folding it into the output layer's bias keeps the bundle a plain network
 whose arg-max is the outline — every consumer (engine, Slicer, MONAI) sees the same mask.

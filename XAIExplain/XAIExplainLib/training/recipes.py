@@ -171,7 +171,7 @@ RECIPES: dict[str, ModelRecipe] = {
                 "Trained only on a procedural chest phantom (no patient data): real CT anatomy, motion, contrast "
                 "media, emphysema, consolidation, atelectasis and scanner artefacts are out of distribution.",
                 "Nodules under about 6 mm are close to the model grid and the likeliest misses, and so are "
-                "nodules up to 9 mm on thick-slice (4-5 mm) low-dose scans; vessels seen end-on are the "
+                "nodules up to 9 mm on thick-slice (4-5 mm) scans; vessels seen end-on are the "
                 "likeliest false alarms.",
                 "Only the lung window (-600 / 1500 HU) is seen by the network: bone and soft-tissue findings are "
                 "ignored.",
