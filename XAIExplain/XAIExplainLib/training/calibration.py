@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.pooling import voxel_log_odds
 from .common import dice
 from .datasets import ModelGridSet
 
@@ -46,9 +47,8 @@ def choose_outline_offset(
     scores: dict[float, list[float]] = {o: [] for o in offsets}
     false_positive = {o: 0 for o in offsets}
     for image, mask in zip(data.images, data.masks):
-        logits = network(torch.from_numpy(image.astype(np.float32))[None, None])[0]
-        others = torch.cat([logits[:positive_class], logits[positive_class + 1:]]).amax(dim=0)
-        log_odds = (logits[positive_class] - others).numpy()
+        logits = network(torch.from_numpy(image.astype(np.float32))[None, None])
+        log_odds = voxel_log_odds(logits, positive_class, "softmax")[0].numpy()
         for offset in offsets:
             outline = log_odds + offset > 0
             if mask.any():
@@ -73,12 +73,10 @@ def shift_lesion_log_odds(network: nn.Module, offset: float, positive_class: int
     probe = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
     was_training = network.training
     network.eval()
-    before = network(probe)
+    before = voxel_log_odds(network(probe), positive_class, "softmax")
     convolutions[-1].bias[positive_class] += offset
-    after = network(probe)
+    shift = voxel_log_odds(network(probe), positive_class, "softmax") - before
     network.train(was_training)
-    shift = (after[:, positive_class] - after[:, 1 - positive_class]) - (
-        before[:, positive_class] - before[:, 1 - positive_class])
     if not torch.allclose(shift, torch.full_like(shift, offset), atol=1e-3):
         convolutions[-1].bias[positive_class] -= offset
         raise ValueError("The last convolution is not the network's output: the outline offset was not applied.")
