@@ -67,6 +67,28 @@ def test_perturbation_identity_geometry_monotone_and_seeded(key, oblique):
     assert np.array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(outputs[4]))  # same seed, same image
 
 
+def test_blank_outside_of_a_skull_stripped_image_stays_blank():
+    """Acquisition artefacts cannot reach voxels blanked after acquisition; a moved patient moves the blank too."""
+    measured = make_image(seed=1)
+    array = sitk.GetArrayFromImage(measured)
+    inside = array > 50
+    stripped_array = np.where(inside, array, 0.0).astype(np.float32)
+    stripped_array[20, 18, 16] = 0.0  # a dark voxel inside the brain is measured, not padding
+    stripped = sitk.GetImageFromArray(stripped_array)
+    stripped.CopyInformation(measured)
+    for key in ("gaussian-noise", "ghosting", "motion", "blur", "contrast", "intensity-shift"):
+        out = sitk.GetArrayFromImage(PERTURBATIONS[key](stripped, 2, seed=0))
+        assert np.all(out[~inside] == 0.0), key
+        assert not np.array_equal(out[inside], stripped_array[inside]), key
+    noisy = sitk.GetArrayFromImage(PERTURBATIONS["gaussian-noise"](stripped, 2, seed=0))
+    assert noisy[20, 18, 16] != 0.0
+    rotated = sitk.GetArrayFromImage(PERTURBATIONS["rotation"](stripped, 5, seed=0))
+    assert (rotated[~inside] != 0).any()  # the brain moved into the old outside
+    # a measured image (noise in the air) has no padding: noise goes everywhere
+    out = sitk.GetArrayFromImage(PERTURBATIONS["gaussian-noise"](measured, 2, seed=0))
+    assert np.all(out[~inside] != array[~inside])
+
+
 def test_catalogue_is_data_with_documented_scales():
     for perturbation in PERTURBATIONS.values():
         assert len(perturbation.levels) == 6 and perturbation.unit and perturbation.description

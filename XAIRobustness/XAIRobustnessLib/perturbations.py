@@ -21,6 +21,15 @@ second (``j``) axis — the anterior–posterior phase encoding of a typical axi
 * spike: one bright k-space point, i.e. a plane wave added to the complex image before the magnitude
   (the herringbone artefact; TorchIO's ``RandomSpike``).
 
+Images whose outside was set to one exact value after acquisition — the zeros around a skull-stripped
+brain, the padding outside a CT's reconstruction circle — keep that outside: it was never measured,
+so no acquisition artefact can reach it, and the preprocessing that made it (skull-stripping, FOV
+masking) would blank it again. Each perturbation is applied to the whole image, then that *padding*
+(see :func:`image_stats`) is reset; rotation and translation, which move the patient, and with the
+patient the mask, fill the space they uncover with the same value instead. Without this, noise or
+ghosts in the blank outside change what a model that normalises over non-zero voxels sees as the
+anatomy, and the sweep would measure that pipeline mismatch rather than the scanner.
+
 CT low dose follows the quantum-noise law σ ∝ 1/√dose (e.g. Yu et al., "Development and validation of
 a practical lower-dose-simulation tool for optimizing CT scan protocols", JCAT 2012), with noise given
 a short in-plane correlation as filtered back-projection does.
@@ -57,11 +66,13 @@ ANY = "any"
 
 @dataclass(frozen=True)
 class ImageStats:
-    """Intensity landmarks of one image: background level, tissue mean and the foreground mask."""
+    """Intensity landmarks of one image: background level, tissue mean, the foreground and the padding."""
 
     background: float
     tissue_mean: float
     foreground: np.ndarray  # bool, (z, y, x)
+    padding: Optional[np.ndarray] = None  # bool, (z, y, x): the unmeasured outside (see image_stats)
+    padding_value: float = 0.0
 
     @property
     def contrast(self) -> float:
@@ -86,6 +97,7 @@ class Perturbation:
     description: str
     fn: PerturbFn = field(repr=False, compare=False)
     identity_label: str = ""  # how severity 0 reads when its value is not a number to show (e.g. "native")
+    moves_anatomy: bool = False  # rigid motion of the patient: the padding moves too, so it is not reset
 
     def value(self, severity: float) -> float:
         """The physical parameter at ``severity`` (linear between the integer levels)."""
@@ -118,7 +130,10 @@ class Perturbation:
         array = sitk.GetArrayFromImage(source).astype(np.float32)
         stats = stats if stats is not None else image_stats(array)
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(self.key.encode())]))
-        out = sitk.GetImageFromArray(np.asarray(self.fn(source, array, value, stats, rng), dtype=np.float32))
+        perturbed = np.asarray(self.fn(source, array, value, stats, rng), dtype=np.float32)
+        if stats.padding is not None and not self.moves_anatomy:
+            perturbed[stats.padding] = stats.padding_value
+        out = sitk.GetImageFromArray(perturbed)
         out.CopyInformation(image)
         return out
 
@@ -128,13 +143,33 @@ class Perturbation:
                 "plausible_max_severity": self.plausible_max(modality), "description": self.description}
 
 
+#: Share of the image that must hold exactly its minimum, connected to the border, to count as padding.
+PADDING_MIN_SHARE = 0.05
+
+
 def image_stats(array: np.ndarray) -> ImageStats:
-    """Background (1st percentile) and the mean of voxels above 10 % of the range over it."""
+    """Background (1st percentile), the mean of voxels above 10 % of the range over it, and the padding.
+
+    The padding is the set of voxels holding exactly the image's minimum and connected to its border,
+    when they are at least 5 % of the image: a blanked outside (skull-stripping, a CT's reconstruction
+    circle, zero-filled reformatting). Measured images have noise there, so they have none."""
     background = float(np.percentile(array, 1.0))
     high = float(np.percentile(array, 99.0))
     foreground = array > background + 0.1 * (high - background)
     tissue = float(array[foreground].mean()) if foreground.any() else high
-    return ImageStats(background, tissue, foreground)
+    padding_value = float(array.min())
+    return ImageStats(background, tissue, foreground, _padding(array, padding_value), padding_value)
+
+
+def _padding(array: np.ndarray, value: float) -> Optional[np.ndarray]:
+    exact = array == value
+    if exact.mean() < PADDING_MIN_SHARE:
+        return None
+    labels, _ = ndimage.label(exact)
+    faces = [labels.take(index, axis=axis) for axis in range(labels.ndim) for index in (0, -1)]
+    on_border = np.unique(np.concatenate([face.ravel() for face in faces]))
+    padding = np.isin(labels, on_border[on_border > 0])
+    return padding if padding.mean() >= PADDING_MIN_SHARE else None
 
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -386,10 +421,11 @@ _CATALOGUE = (
                  _slice_thickness, identity_label="native"),
     Perturbation("rotation", "Small rotation", "rotation", "degrees",
                  (0, 1, 2, 4, 7, 10), (ANY,), {ANY: 4},
-                 "Head or body tilt: rotation about a seeded axis through the image centre.", _rotation),
+                 "Head or body tilt: rotation about a seeded axis through the image centre.", _rotation,
+                 moves_anatomy=True),
     Perturbation("translation", "Small translation", "shift", "mm",
                  (0, 1, 2, 4, 7, 10), (ANY,), {ANY: 5},
-                 "Positioning difference: a shift in a seeded direction.", _translation),
+                 "Positioning difference: a shift in a seeded direction.", _translation, moves_anatomy=True),
     Perturbation("occlusion", "Occlusion / field-of-view cut-off", "cut-off", "% of the extent",
                  (0, 5, 10, 15, 25, 35), (ANY,), {ANY: 2},
                  "A missing region (cropping, metal): a slab of the anatomy's extent at one (seeded) edge set "
