@@ -18,6 +18,7 @@ import torch
 from XAIExplainLib.data import make_case
 from XAIExplainLib.models import file_sha256
 from XAIExplainLib.training.__main__ import main as train_main
+from XAIExplainLib.training.evaluate import main as evaluate_main
 from XAIExplainLib.training.common import (
     model_grid_for, to_model_input,
 )
@@ -84,7 +85,8 @@ def test_bundle_follows_the_contract(name):
     card = xai["model_card"]
     assert "not for clinical use" in card["intended_use"]
     assert card["training_command"].startswith(f"python -m XAIExplainLib.training {name} ")
-    assert card["held_out_metrics"]["n"] >= 40 and card["held_out_metrics"]["seed"] != EVAL_SEED
+    metrics = card["held_out_metrics"]
+    assert metrics["n"] >= 40 and EVAL_SEED not in metrics.get("seeds", [metrics.get("seed")])
     if BUNDLES[name]["kind"] == "brain-mri":
         assert "Louis Collins" in meta["copyright"] and "Louis Collins" in (folder / "docs" / "README.md").read_text(encoding="utf-8")
 
@@ -143,3 +145,22 @@ def test_training_script_runs_one_short_epoch(name, tmp_path):
 
     loaded = load_model(out)
     assert loaded.spec.task == meta["xai"]["task"]
+    if BUNDLES[name]["task"] == "segmentation":
+        _check_evaluate_records_new_metrics_without_touching_weights(out, meta)
+
+
+def _check_evaluate_records_new_metrics_without_touching_weights(out, trained_meta):
+    """``training.evaluate --update-card`` re-measures a bundle on other held-out cases and records it."""
+    weights = (out / "models" / "model.pt").read_bytes()
+    training_seed = re.search(r"--seed (\d+)", trained_meta["xai"]["model_card"]["training_command"]).group(1)
+    with pytest.raises(SystemExit, match="trained on"):
+        evaluate_main([str(out), "--n-eval", "4", "--eval-seed", training_seed])
+    metrics = evaluate_main([str(out), "--n-eval", "3", "--eval-seed", "77", "78", "--update-card"])
+    assert metrics["n"] == 6 and metrics["seeds"] == [77, 78]
+    low, high = metrics["dice_ci95"]
+    assert 0.0 <= low <= metrics["dice"] <= high <= 1.0
+    card = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))["xai"]["model_card"]
+    assert card["held_out_metrics"] == metrics and "--eval-seed 77 78" in card["evaluation_command"]
+    readme = (out / "docs" / "README.md").read_text(encoding="utf-8")
+    assert readme.count("## Held-out metrics") == 1 and "--eval-seed 77 78" in readme and "## Known limits" in readme
+    assert (out / "models" / "model.pt").read_bytes() == weights

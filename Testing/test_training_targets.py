@@ -11,7 +11,7 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from XAIExplainLib.models.pooling import MaxPooledClassifier
-from XAIExplainLib.training.common import mask_to_model_grid, model_grid_for
+from XAIExplainLib.training.common import bootstrap_interval, mask_to_model_grid, model_grid_for, roc_auc
 from XAIExplainLib.training.segmentation import label_lesions, lesion_peak_loss, random_patch
 
 SEGMENTER_3MM = {"task": "segmentation", "input": {"spacing_mm": [3.0, 3.0, 3.0], "orientation": "RAS",
@@ -126,3 +126,24 @@ def test_balanced_patches_look_at_a_small_lesion_as_often_as_at_a_large_one():
     assert 0.4 < small / 400 < 0.6
     large, small = _patch_centre_hits(balance_lesions=False)
     assert small < 10  # voxel-drawn centres: the 1-voxel lesion is almost never looked at
+
+
+def test_the_cards_auc_interval_holds_the_auc_and_narrows_with_more_cases():
+    rng = np.random.default_rng(0)
+
+    def interval(n):
+        labels = np.arange(n) % 2
+        scores = labels + rng.normal(0.0, 0.8, n)  # an imperfect detector: AUC about 0.8
+
+        def auc_of(draw):
+            return roc_auc(scores[draw], labels[draw]) if 0 < labels[draw].sum() < len(draw) else None
+
+        return roc_auc(scores, labels), bootstrap_interval(auc_of, n)
+
+    few_auc, (few_low, few_high) = interval(20)
+    many_auc, (many_low, many_high) = interval(400)
+    assert few_low <= few_auc <= few_high and many_low <= many_auc <= many_high
+    assert many_high - many_low < 0.5 * (few_high - few_low)
+    # a statistic never defined (one class only) gives no interval rather than a made-up one
+    assert np.isnan(bootstrap_interval(lambda draw: None, 10)).all()
+

@@ -26,6 +26,7 @@ from XAIExplainLib.explainers import EXPLAINERS
 from XAIExplainLib.models import LoadedModel
 from XAIExplainLib.pipeline import explain_image
 from XAIExplainLib.progress import CancelToken, ProgressCallback, Stage
+from XAIExplainLib.training.common import bootstrap_interval
 
 from .faithfulness import faithfulness_test
 from .localisation import localisation_scores
@@ -122,10 +123,8 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 2000, seed: int = 0) 
     data = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if data.size == 0:
         return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(data.mean()), float(low), float(high)
+    low, high = bootstrap_interval(lambda draw: float(data[draw].mean()), data.size, resamples, seed)
+    return float(data.mean()), low, high
 
 
 def run_bench(

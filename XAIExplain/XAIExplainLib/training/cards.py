@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Mapping, Sequence
 
-__all__ = ["MNI_NOTICE", "bundle_metadata", "model_card_markdown"]
+__all__ = ["MNI_NOTICE", "METRICS_HEADING", "bundle_metadata", "model_card_markdown", "metrics_markdown"]
 
 MNI_NOTICE = (
     "Brain anatomy: MNI152 ICBM 2009a symmetric template (Fonov et al., NeuroImage 2011), "
@@ -81,7 +81,19 @@ def model_card_markdown(title: str, sections: Mapping[str, str], metrics: Mappin
     lines = [f"# {title}", ""]
     for heading, text in sections.items():
         lines += [f"## {heading}", "", text.strip(), ""]
-    lines += ["## Held-out metrics (measured)", "", "| metric | value |", "|---|---|"]
+    return "\n".join(lines) + metrics_markdown(metrics)
+
+
+#: The model card's last section; :mod:`.evaluate` rewrites it when a bundle is measured again.
+METRICS_HEADING = "## Held-out metrics (measured)"
+
+
+def metrics_markdown(metrics: Mapping[str, Any], command: str = "") -> str:
+    """The held-out metrics section: a table, and the command that measured them when it was not training."""
+    lines = [METRICS_HEADING, ""]
+    if command:
+        lines += [f"Measured by `{command}`.", ""]
+    lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in metrics.items()]
     lines.append("")
     return "\n".join(lines)

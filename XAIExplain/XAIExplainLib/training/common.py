@@ -30,6 +30,7 @@ __all__ = [
     "seed_everything",
     "roc_auc",
     "dice",
+    "bootstrap_interval",
     "write_bundle",
     "Stopwatch",
     "environment",
@@ -104,6 +105,20 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     greater = (positives[:, None] > negatives[None, :]).sum()
     ties = (positives[:, None] == negatives[None, :]).sum()
     return float((greater + 0.5 * ties) / (positives.size * negatives.size))
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], Optional[float]], n: int, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval (Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993)
+    of ``statistic(indices)`` over ``n`` cases drawn with replacement; draws where it is undefined
+    (``None`` or NaN: e.g. an AUC of one class only) are left out. NaNs when no draw is defined."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(draw) for draw in rng.integers(0, n, size=(resamples, n))] if n else []
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.pooling import MaxPooledClassifier, voxel_log_odds
-from .common import dice, roc_auc
+from .common import bootstrap_interval, dice, roc_auc
 from .datasets import ModelGridSet
 
 __all__ = [
@@ -231,8 +231,8 @@ def predict_masks(network: nn.Module, data: ModelGridSet, positive_class: int = 
 
 
 def evaluate_segmenter(network: nn.Module, data: ModelGridSet) -> dict[str, float]:
-    """Mean and median Dice over cases with a lesion (``None`` if there are none), pooled Dice, and the
-    fraction of lesion-free cases with any false-positive voxel."""
+    """Mean Dice over cases with a lesion with its 95 % bootstrap interval (``None`` if there are none),
+    the median, pooled Dice, and the fraction of lesion-free cases with any false-positive voxel."""
     assert data.masks is not None, "segmentation evaluation needs masks"
     predicted = predict_masks(network, data)
     with_lesion = [i for i, m in enumerate(data.masks) if m.any()]
@@ -240,8 +240,10 @@ def evaluate_segmenter(network: nn.Module, data: ModelGridSet) -> dict[str, floa
     scores = [dice(predicted[i], data.masks[i]) for i in with_lesion]
     overlap = sum(2 * np.logical_and(predicted[i], data.masks[i]).sum() for i in with_lesion)
     volume = sum(predicted[i].sum() + data.masks[i].sum() for i in with_lesion)
+    per_case = np.asarray(scores, dtype=float)
     return {
         "dice": round(float(np.mean(scores)), 4) if scores else None,
+        "dice_ci95": _rounded(bootstrap_interval(lambda draw: per_case[draw].mean(), len(scores))) if scores else None,
         "dice_median": round(float(np.median(scores)), 4) if scores else None,
         "dice_pooled": round(float(overlap / volume) if volume else 1.0, 4),
         "lesion_free_cases_with_false_positives": round(
@@ -253,8 +255,9 @@ def evaluate_segmenter(network: nn.Module, data: ModelGridSet) -> dict[str, floa
 
 @torch.no_grad()
 def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_class: int = 1) -> dict[str, float]:
-    """ROC AUC, sensitivity and specificity (at 0.5) of the case probability given by the engine's
-    :class:`~XAIExplainLib.models.pooling.MaxPooledClassifier` around ``network`` (dropout off)."""
+    """ROC AUC with its 95 % bootstrap interval over cases, sensitivity and specificity (at 0.5) of the case
+    probability given by the engine's :class:`~XAIExplainLib.models.pooling.MaxPooledClassifier` around
+    ``network`` (dropout off)."""
     head = MaxPooledClassifier(network, positive_class).eval()
     scores = np.array([
         torch.softmax(head(torch.from_numpy(image.astype(np.float32))[None, None]), dim=1)[0, positive_class].item()
@@ -262,10 +265,20 @@ def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_
     ])
     labels = np.asarray(data.labels)
     called = scores >= 0.5
+    both_classes = 0 < labels.sum() < len(labels)
+
+    def auc_of(draw: np.ndarray) -> Optional[float]:
+        return roc_auc(scores[draw], labels[draw]) if 0 < labels[draw].sum() < len(draw) else None
+
     return {
-        "auc": round(roc_auc(scores, labels), 4) if 0 < labels.sum() < len(labels) else None,
+        "auc": round(roc_auc(scores, labels), 4) if both_classes else None,
+        "auc_ci95": _rounded(bootstrap_interval(auc_of, len(labels))) if both_classes else None,
         "sensitivity": round(float(called[labels == 1].mean()), 4) if (labels == 1).any() else None,
         "specificity": round(float((~called[labels == 0]).mean()), 4) if (labels == 0).any() else None,
         "n": len(data),
         "n_with_lesion": int((labels == 1).sum()),
     }
+
+
+def _rounded(interval: tuple[float, float]) -> list[float]:
+    return [round(float(v), 4) for v in interval]
