@@ -19,6 +19,7 @@ from XAIExplainLib.data import make_case
 from XAIExplainLib.models import file_sha256
 from XAIExplainLib.training.__main__ import main as train_main
 from XAIExplainLib.training.evaluate import main as evaluate_main
+from XAIExplainLib.training.evaluate import training_seeds
 from XAIExplainLib.training.common import (
     model_grid_for, to_model_input,
 )
@@ -147,6 +148,16 @@ def test_training_script_runs_one_short_epoch(name, tmp_path):
     assert loaded.spec.task == meta["xai"]["task"]
     if BUNDLES[name]["task"] == "segmentation":
         _check_evaluate_records_new_metrics_without_touching_weights(out, meta)
+
+
+def test_a_fine_tuned_models_held_out_seeds_exclude_those_of_the_model_it_started_from():
+    card = _metadata("brain-lesion-classifier")["xai"]["model_card"]
+    segmenter_command = _metadata("brain-lesion-segmenter")["xai"]["model_card"]["training_command"]
+    segmenter_seed = int(re.search(r"--seed (\d+)", segmenter_command).group(1))
+    assert "--init brain-lesion-segmenter" in card["training_command"]
+    assert segmenter_seed in training_seeds(card)
+    with pytest.raises(SystemExit, match="trained on those cases"):
+        evaluate_main(["brain-lesion-classifier", "--n-eval", "2", "--eval-seed", "1234", str(segmenter_seed)])
 
 
 def _check_evaluate_records_new_metrics_without_touching_weights(out, trained_meta):

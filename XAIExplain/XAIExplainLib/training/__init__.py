@@ -8,4 +8,7 @@ cases from a seed never used in training and writes a MONAI bundle (``configs/me
 * ``brain-lesion-classifier`` — lesion present / absent on T1 brain MRI;
 * ``brain-lesion-segmenter`` — lesion mask on T1 brain MRI (dropout for MC-dropout uncertainty);
 * ``chest-nodule-classifier`` — nodule present / absent on chest CT.
+
+``python -m XAIExplainLib.training.evaluate <model> --eval-seed S [S ...]`` measures a bundle again on
+more held-out cases, with 95 % bootstrap intervals, and can record the result in its card.
 """

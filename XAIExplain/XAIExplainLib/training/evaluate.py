@@ -30,13 +30,21 @@ from .datasets import ModelGridSet, build_set
 from .recipes import RECIPES
 from .segmentation import evaluate_pooled_classifier, evaluate_segmenter
 
-__all__ = ["main", "training_seed"]
+__all__ = ["main", "training_seeds"]
 
 
-def training_seed(card: dict[str, Any]) -> Optional[int]:
-    """The case seed the bundle was trained on, from its recorded training command."""
-    match = re.search(r"--seed (\d+)", card.get("training_command", ""))
-    return int(match.group(1)) if match else None
+def training_seeds(card: dict[str, Any], depth: int = 4) -> set[int]:
+    """The case seeds the bundle's weights have seen: its recorded training command's ``--seed`` and,
+    when it started from another bundle (``--init``), that bundle's, and so on."""
+    command = card.get("training_command", "")
+    seeds = {int(m.group(1)) for m in re.finditer(r"--seed (\d+)", command)}
+    start = re.search(r"--init (\S+)", command)
+    if start and depth > 0:
+        try:
+            seeds |= training_seeds(load_model(start.group(1)).spec.metadata["xai"].get("model_card", {}), depth - 1)
+        except Exception as error:  # an unknown start cannot vouch for its seeds
+            raise SystemExit(f"Cannot read the seeds of the starting bundle '{start.group(1)}': {error}") from error
+    return seeds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,8 +99,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     name = meta.get("name", model.path.name)
     if name not in RECIPES:
         raise SystemExit(f"'{name}' is not a demo model of this project: no case generator is known for it.")
-    if training_seed(xai.get("model_card", {})) in args.eval_seed:
-        raise SystemExit("--eval-seed names the seed this model was trained on: held-out cases must never be trained on.")
+    seen = training_seeds(xai.get("model_card", {})) & set(args.eval_seed)
+    if seen:
+        raise SystemExit(f"--eval-seed {' '.join(map(str, sorted(seen)))}: this model was trained on those cases; "
+                         "held-out cases must never be trained on.")
     recipe = RECIPES[name]
     held_out = _pooled([build_set(recipe.kind, seed, args.n_eval, xai, with_masks=True, log=clock.say)
                         for seed in dict.fromkeys(args.eval_seed)])
