@@ -48,7 +48,7 @@ def test_incremental_equals_full_inference_on_a_unet():
     region = torch.zeros(SIZE, SIZE, SIZE)
     region[8:24, 8:24, 8:24] = 1
     fast, incremental, full = _both(network, region_logit_sum(1, region))
-    assert fast.inference == "incremental"  # its first convolution; instance norm then runs on full tensors
+    assert fast.inference == "incremental (focused on the explained region)"  # its first convolution; instance norm then runs on full tensors
     assert _relative_difference(incremental, full) <= 1e-4
 
 
@@ -86,9 +86,28 @@ def test_skip_connections_and_transposed_convolutions_are_computed_on_patches(mo
 
         monkeypatch.setattr(IncrementalInference, name, counting)
     fast, incremental, full = _both(_batch_norm_unet(), region_logit_sum(1, _central_box()))
-    assert fast.inference == "incremental"
+    assert fast.inference == "incremental (focused on the explained region)"
     assert patched["_transposed"] > 0 and patched["_concatenate"] > 0
     assert _relative_difference(incremental, full) <= 1e-4
+
+
+def test_a_score_reading_a_small_region_is_recomputed_only_where_it_can_see_it_and_stays_exact(monkeypatch):
+    """A lesion-sized, off-centre region: the decoder's patches shrink to what reaches it; the map is the same."""
+    from XAIExplainLib.explainers import incremental
+
+    convolved = []
+    original = incremental._windowed_forward
+    monkeypatch.setattr(incremental, "_windowed_forward",
+                        lambda module, region, *args: convolved.append(region[0, 0].numel()) or original(module, region, *args))
+    region = torch.zeros(SIZE, SIZE, SIZE)
+    region[2:7, 20:27, 3:9] = 1
+    network, target = _batch_norm_unet(), region_logit_sum(1, region)
+    fast, focused, full = _both(network, target)
+    assert fast.inference == "incremental (focused on the explained region)"
+    assert _relative_difference(focused, full) <= 1e-4
+    focused_work, convolved[:] = sum(convolved), []
+    unfocused = Occlusion(network, window=8, stride=8).attribute(_image(), region_logit_sum(1, torch.ones(SIZE, SIZE, SIZE)))
+    assert unfocused.abs().max() > 0 and sum(convolved) > 2 * focused_work
 
 
 class _DownUp(torch.nn.Module):
@@ -108,7 +127,7 @@ class _DownUp(torch.nn.Module):
 def test_transposed_convolutions_of_common_shapes_give_the_full_inference_map(kernel, padding, output_padding):
     network = _DownUp(kernel, padding, output_padding).eval()
     fast, incremental, full = _both(network, region_logit_sum(1, _central_box()), stride=5)
-    assert fast.inference == "incremental"
+    assert fast.inference == "incremental (focused on the explained region)"
     assert _relative_difference(incremental, full) <= 1e-4
 
 
@@ -126,7 +145,8 @@ def test_max_pooled_classifier_is_traced_and_gives_the_full_inference_map():
 def test_projective_field_thresholding_keeps_the_ranking_of_the_exact_map():
     from scipy.stats import spearmanr
 
-    network, target, image = _batch_norm_unet(48), region_logit_sum(1, _central_box(48)), _image(48)
+    # The score reads the whole output, so focusing on it cuts nothing and the threshold has work to do.
+    network, target, image = _batch_norm_unet(48), region_logit_sum(1, torch.ones(48, 48, 48)), _image(48)
     exact = Occlusion(network, window=8).attribute(image, target)
     approximate = Occlusion(network, window=8, mode="approximate", field_threshold=0.5, refine_threshold=None)
     cut = approximate.attribute(image, target)

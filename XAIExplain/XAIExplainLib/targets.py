@@ -50,4 +50,5 @@ def region_logit_sum(class_index: int, region: torch.Tensor) -> TargetFn:
         b = output.shape[0]
         return (output[:, class_index] * weights).reshape(b, -1).sum(dim=1)
 
+    score.region = region != 0  # what the score reads: occlusion recomputes only what can reach it
     return score

@@ -12,6 +12,12 @@ connections) are computed on patches; any other node (instance normalisation, gl
 any node whose patch would cover most of its output, is computed on full tensors for the batch,
 rebuilt from the cache and the patches. The result equals full inference up to floating-point rounding.
 
+When the explained score reads only a region of the output (a segmentation target: the logits summed
+over the lesion), :meth:`IncrementalInference.focus` limits every node to the voxels that region's
+receptive field needs, propagated back through the graph: a window's change that reaches the decoder's
+full-resolution layers is recomputed only where the score can see it. Values outside a node's focus
+are left stale; by construction nothing inside the focus downstream reads them, so the score is exact.
+
 ``field_threshold`` < 1 turns on Krypton's *projective field thresholding* (Section 4.1 of the paper):
 along each axis a patch may cover at most that share of its layer's output, centred on where the
 change is; changes beyond it, which have been spread thin by the layers before, are dropped. Deep,
@@ -133,8 +139,77 @@ class IncrementalInference(OccludedInference):
         self.field_threshold = float(field_threshold)
         self.cache: dict[torch.fx.Node, Any] = {}
         self._padded: dict[tuple, np.ndarray] = {}
+        self.interest: dict[torch.fx.Node, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         (self.input_node,) = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
         self.output = _CachingInterpreter(self, graph_module).run(image)
+
+    def focus(self, region: Optional[torch.Tensor]) -> bool:
+        """Compute only what a score reading ``region`` (``[*spatial]`` of the output, non-zero where read)
+        can see; None clears it. Returns whether the focus applies (a single spatial output of that shape)."""
+        self.interest = {}
+        (output,) = [n for n in self.graph_module.graph.nodes if n.op == "output"]
+        result = output.args[0]
+        if region is None or not isinstance(result, torch.fx.Node) or not region.any():
+            return False
+        cached = self.cache.get(result)
+        if not isinstance(cached, torch.Tensor) or tuple(cached.shape[2:]) != tuple(region.shape):
+            return False
+        where = torch.nonzero(region)
+        box = (tuple(where.min(dim=0).values.tolist()), tuple((where.max(dim=0).values + 1).tolist()))
+        self.interest = {result: box}
+        for node in reversed(list(self.graph_module.graph.nodes)):
+            if node.op in ("output", "placeholder"):
+                continue
+            box = self.interest.get(node, self._whole(node))
+            for source in node.all_input_nodes:
+                if source.op == "placeholder":
+                    continue
+                demand = self._demand(node, source, box)
+                known = self.interest.get(source)
+                self.interest[source] = demand if known is None else _box_union(known, demand)
+        return True
+
+    def _whole(self, node: torch.fx.Node) -> Optional[tuple[tuple[int, ...], tuple[int, ...]]]:
+        value = self.cache.get(node)
+        if not isinstance(value, torch.Tensor) or value.dim() < 3:
+            return None
+        return (0,) * (value.dim() - 2), tuple(value.shape[2:])
+
+    def _demand(self, node: torch.fx.Node, source: torch.fx.Node, box) -> Optional[tuple]:
+        """The box of ``source``'s output that ``node``'s output ``box`` is computed from (None: all of it)."""
+        whole = self._whole(source)
+        if box is None or whole is None or self._patch_rule(node) is None:
+            return whole
+        shape = whole[1]
+        if node.op == "call_module" and _windowed_geometry(self.modules[node.target]) is not None:
+            kernel, stride, padding, dilation, _ = _windowed_geometry(self.modules[node.target])
+            lo = tuple(max(0, a * s - p) for a, s, p in zip(box[0], stride, padding))
+            hi = tuple(min(m, (b - 1) * s - p + (k - 1) * d + 1)
+                       for b, s, p, k, d, m in zip(box[1], stride, padding, kernel, dilation, shape))
+        elif node.op == "call_module" and _transposed_geometry(self.modules[node.target]) is not None:
+            kernel, stride, padding, dilation = _transposed_geometry(self.modules[node.target])
+            lo = tuple(max(0, -(((k - 1) * d - a - p) // s)) for a, s, p, k, d in zip(box[0], stride, padding, kernel, dilation))
+            hi = tuple(min(m, (b - 1 + p) // s + 1) for b, s, p, m in zip(box[1], stride, padding, shape))
+        elif tuple(shape) == tuple(self.cache[node].shape[2:]):
+            lo, hi = box  # point-wise, addition, concatenation: the same voxels
+        else:
+            return whole
+        if any(h <= l for l, h in zip(lo, hi)):
+            lo, hi = (0,) * len(shape), (1,) * len(shape)  # reads nothing that can change: keep one voxel
+        return lo, hi
+
+    def _focused(self, node: torch.fx.Node, lows: list, highs: list) -> tuple[list, list]:
+        """Changed boxes cut to ``node``'s focus (a box outside it keeps one voxel at its edge)."""
+        box = self.interest.get(node)
+        if box is None:
+            return lows, highs
+        focus_lo, focus_hi = box
+        cut_lows, cut_highs = [], []
+        for low, high in zip(lows, highs):
+            lo = tuple(min(max(a, f), g - 1) for a, f, g in zip(low, focus_lo, focus_hi))
+            cut_lows.append(lo)
+            cut_highs.append(tuple(max(min(b, g), l + 1) for b, g, l in zip(high, focus_hi, lo)))
+        return cut_lows, cut_highs
 
     def supports_first_layer(self) -> bool:
         """Whether some node reading the input can be computed on patches."""
@@ -249,7 +324,7 @@ class IncrementalInference(OccludedInference):
                 hi.append(max(min(m, (b - 1 + p) // s + 1), first + 1))
             lows.append(tuple(lo))
             highs.append(tuple(hi))
-        layout = self._fit(lows, highs, out_shape)
+        layout = self._fit(*self._focused(node, lows, highs), out_shape)
         if layout is None:
             return None
         in_size = tuple((n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(layout.size, stride, kernel, dilation))
@@ -268,7 +343,7 @@ class IncrementalInference(OccludedInference):
         lows = [tuple(max(0, a * s - p) for a, s, p in zip(low, stride, padding)) for low in patch.layout.lows]
         highs = [tuple(min(m, (b - 1) * s - p + r + 1) for b, s, p, r, m in zip(high, stride, padding, reach, out_shape))
                  for high in patch.layout.highs]
-        layout = self._fit(lows, highs, out_shape)
+        layout = self._fit(*self._focused(node, lows, highs), out_shape)
         if layout is None:
             return None
         starts, size = layout.starts, layout.size
@@ -289,7 +364,7 @@ class IncrementalInference(OccludedInference):
 
     def _add(self, node: torch.fx.Node, env: dict) -> Optional[_Patch]:
         a, b = node.args
-        layout = self._union([env[a], env[b]], self.cache[node].shape[2:])
+        layout = self._union(node, [env[a], env[b]], self.cache[node].shape[2:])
         if layout is None:
             return None
         zero = (0,) * len(layout.size)
@@ -299,19 +374,19 @@ class IncrementalInference(OccludedInference):
 
     def _concatenate(self, node: torch.fx.Node, env: dict) -> Optional[_Patch]:
         tensors = node.args[0] if node.args else node.kwargs["tensors"]
-        layout = self._union([env[t] for t in tensors], self.cache[node].shape[2:])
+        layout = self._union(node, [env[t] for t in tensors], self.cache[node].shape[2:])
         if layout is None:
             return None
         zero = (0,) * len(layout.size)
         values = np.concatenate([self._gather(t, env[t], zero, 0.0, layout.starts, layout.size) for t in tensors], axis=1)
         return _Patch(layout, torch.from_numpy(values))
 
-    def _union(self, patches: Sequence[_Patch], shape: Sequence[int]) -> Optional[_Layout]:
-        """Per copy, the box holding every input's changed box (laid out by :meth:`_fit`)."""
+    def _union(self, node: torch.fx.Node, patches: Sequence[_Patch], shape: Sequence[int]) -> Optional[_Layout]:
+        """Per copy, the box holding every input's changed box (focused, laid out by :meth:`_fit`)."""
         count = len(patches[0].layout.lows)
         lows = [tuple(map(min, *(p.layout.lows[i] for p in patches))) for i in range(count)]
         highs = [tuple(map(max, *(p.layout.highs[i] for p in patches))) for i in range(count)]
-        return self._fit(lows, highs, shape)
+        return self._fit(*self._focused(node, lows, highs), shape)
 
     def _fit(self, lows: Sequence[tuple[int, ...]], highs: Sequence[tuple[int, ...]], shape: Sequence[int]) -> Optional[_Layout]:
         """One patch size for all copies and each copy's start, from the boxes ``lows``..``highs`` that may change.
@@ -476,6 +551,13 @@ def _stack(array: np.ndarray, starts: Sequence[tuple[int, ...]], size: tuple[int
     for i, start in enumerate(starts):
         out[i] = array[(slice(None), *_box(start, size))]
     return out
+
+
+def _box_union(a: Optional[tuple], b: Optional[tuple]) -> Optional[tuple]:
+    """The bounding box of two ``(lo, hi)`` boxes; None (everything) absorbs."""
+    if a is None or b is None:
+        return None
+    return tuple(map(min, a[0], b[0])), tuple(map(max, a[1], b[1]))
 
 
 def _box(start: Sequence[int], size: Sequence[int]) -> Box:

@@ -88,6 +88,8 @@ class Occlusion(Explainer):
                 image = sample.unsqueeze(0)
                 engine = occluded_inference(self.network, image, self.incremental)
                 self.inference = engine.kind + (f" ({engine.reason})" if engine.reason else "")
+                if isinstance(engine, IncrementalInference) and engine.focus(getattr(target, "region", None)):
+                    self.inference += " (focused on the explained region)"
                 fill = _blurred(image, window)
                 progress = _Progress(stage, self.title, index, inputs.shape[0])
                 boxes = _boxes(image, fill, window, stride)
