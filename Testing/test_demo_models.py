@@ -163,9 +163,9 @@ def test_a_fine_tuned_models_held_out_seeds_exclude_those_of_the_model_it_starte
 def _check_evaluate_records_new_metrics_without_touching_weights(out, trained_meta):
     """``training.evaluate --update-card`` re-measures a bundle on other held-out cases and records it."""
     weights = (out / "models" / "model.pt").read_bytes()
-    training_seed = re.search(r"--seed (\d+)", trained_meta["xai"]["model_card"]["training_command"]).group(1)
+    (training_seed,) = training_seeds(trained_meta["xai"]["model_card"])
     with pytest.raises(SystemExit, match="trained on"):
-        evaluate_main([str(out), "--n-eval", "4", "--eval-seed", training_seed])
+        evaluate_main([str(out), "--n-eval", "4", "--eval-seed", str(training_seed)])
     metrics = evaluate_main([str(out), "--n-eval", "3", "--eval-seed", "77", "78", "--update-card"])
     assert metrics["n"] == 6 and metrics["seeds"] == [77, 78]
     low, high = metrics["dice_ci95"]

@@ -181,13 +181,14 @@ class IncrementalInference(OccludedInference):
         if box is None or whole is None or self._patch_rule(node) is None:
             return whole
         shape = whole[1]
-        if node.op == "call_module" and _windowed_geometry(self.modules[node.target]) is not None:
-            kernel, stride, padding, dilation, _ = _windowed_geometry(self.modules[node.target])
+        module = self.modules[node.target] if node.op == "call_module" else None
+        if module is not None and _windowed_geometry(module) is not None:
+            kernel, stride, padding, dilation, _ = _windowed_geometry(module)
             lo = tuple(max(0, a * s - p) for a, s, p in zip(box[0], stride, padding))
             hi = tuple(min(m, (b - 1) * s - p + (k - 1) * d + 1)
                        for b, s, p, k, d, m in zip(box[1], stride, padding, kernel, dilation, shape))
-        elif node.op == "call_module" and _transposed_geometry(self.modules[node.target]) is not None:
-            kernel, stride, padding, dilation = _transposed_geometry(self.modules[node.target])
+        elif module is not None and _transposed_geometry(module) is not None:
+            kernel, stride, padding, dilation = _transposed_geometry(module)
             lo = tuple(max(0, -(((k - 1) * d - a - p) // s)) for a, s, p, k, d in zip(box[0], stride, padding, kernel, dilation))
             hi = tuple(min(m, (b - 1 + p) // s + 1) for b, s, p, m in zip(box[1], stride, padding, shape))
         elif tuple(shape) == tuple(self.cache[node].shape[2:]):
