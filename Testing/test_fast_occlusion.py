@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from XAIExplainLib.explainers import Occlusion
+from XAIExplainLib.explainers.incremental import occluded_inference
 from XAIExplainLib.targets import class_logit, region_logit_sum
 
 SIZE = 32
@@ -86,7 +87,7 @@ def test_skip_connections_and_transposed_convolutions_are_computed_on_patches(mo
 
         monkeypatch.setattr(IncrementalInference, name, counting)
     fast, incremental, full = _both(_batch_norm_unet(), region_logit_sum(1, _central_box()))
-    assert fast.inference == "incremental (focused on the explained region)"
+    assert fast.inference.startswith("incremental (focused on the explained region)")
     assert patched["_transposed"] > 0 and patched["_concatenate"] > 0
     assert _relative_difference(incremental, full) <= 1e-4
 
@@ -103,7 +104,9 @@ def test_a_score_reading_a_small_region_is_recomputed_only_where_it_can_see_it_a
     region[2:7, 20:27, 3:9] = 1
     network, target = _batch_norm_unet(), region_logit_sum(1, region)
     fast, focused, full = _both(network, target)
-    assert fast.inference == "incremental (focused on the explained region)"
+    # Windows beyond the region's receptive field are not computed at all: their drop is exactly 0.
+    assert fast.inference == ("incremental (focused on the explained region), "
+                              "37 of 64 windows out of the explained region's reach (drop 0)")
     assert _relative_difference(focused, full) <= 1e-4
     focused_work, convolved[:] = sum(convolved), []
     unfocused = Occlusion(network, window=8, stride=8).attribute(_image(), region_logit_sum(1, torch.ones(SIZE, SIZE, SIZE)))
@@ -127,7 +130,7 @@ class _DownUp(torch.nn.Module):
 def test_transposed_convolutions_of_common_shapes_give_the_full_inference_map(kernel, padding, output_padding):
     network = _DownUp(kernel, padding, output_padding).eval()
     fast, incremental, full = _both(network, region_logit_sum(1, _central_box()), stride=5)
-    assert fast.inference == "incremental (focused on the explained region)"
+    assert fast.inference.startswith("incremental (focused on the explained region)")
     assert _relative_difference(incremental, full) <= 1e-4
 
 
@@ -139,7 +142,61 @@ def test_max_pooled_classifier_is_traced_and_gives_the_full_inference_map():
     image[0, 0, 20:26, 6:12, 14:20] += 4.0  # one bright spot decides the case
     fast, incremental, full = _both(network, class_logit(1), image=image)
     assert fast.inference == "incremental"
+    engine = occluded_inference(network, image)
+    assert "head" in [node.target for node in engine.graph_module.graph.nodes]  # one node: scored from boxes
     assert _relative_difference(incremental, full) <= 1e-4
+
+
+class _AbsoluteDarkness(torch.nn.Module):
+    """Dense two-class logits with lesion evidence -|x| (from two 1x1x1 convolutions and a ReLU): the
+    voxel nearest 0 decides; each voxel sees only itself, so most windows are far from the decider."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split = torch.nn.Conv3d(1, 2, 1, bias=False)
+        self.merge = torch.nn.Conv3d(2, 2, 1, bias=False)
+        with torch.no_grad():
+            self.split.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1, 1))
+            self.merge.weight.copy_(torch.tensor([[0.0, 0.0], [-1.0, -1.0]]).reshape(2, 2, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merge(torch.relu(self.split(x)))
+
+
+def _max_pooled(dense: torch.nn.Module) -> torch.nn.Module:
+    from XAIExplainLib.models.pooling import MaxPooledClassifier
+
+    return MaxPooledClassifier(dense, positive_class=1).eval()
+
+
+def test_approximate_mode_leaves_windows_far_from_the_deciding_voxel_at_zero_when_a_sample_agrees():
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 3, padding=1))
+    network = _max_pooled(dense)
+    image = _image() * 0.1
+    with torch.no_grad():  # make the spot decisive: channel 1 grows with brightness there
+        dense[2].bias.copy_(torch.tensor([0.0, -1.0]))
+    image[0, 0, 10:14, 20:24, 4:8] += 6.0
+    exact = Occlusion(network, window=8).attribute(image, class_logit(1))
+    approximate = Occlusion(network, window=8, mode="approximate", refine_threshold=None)
+    fast = approximate.attribute(image, class_logit(1))
+    assert "windows beyond the deciding voxel's reach left at 0 (8 checked)" in approximate.inference
+    assert _relative_difference(fast, exact) <= 1e-4  # far windows really have no drop here
+
+
+def test_approximate_mode_computes_far_windows_when_they_can_make_a_new_deciding_voxel():
+    """A checkerboard of +-3 blurs to about 0, which this model finds more suspicious than anything in the
+    image: occluding anywhere raises the score. The sample of far windows sees it; nothing is left out."""
+    image = (torch.arange(SIZE)[:, None, None] + torch.arange(SIZE)[None, :, None] + torch.arange(SIZE)[None, None, :]) % 2
+    image = (image.float() * 6.0 - 3.0)[None, None]
+    image[0, 0, 4:6, 4:6, 4:6] = 0.5  # the deciding voxels of the unoccluded image
+    network = _max_pooled(_AbsoluteDarkness())
+    exact = Occlusion(network, window=8).attribute(image, class_logit(1))
+    approximate = Occlusion(network, window=8, mode="approximate", refine_threshold=None)
+    fast = approximate.attribute(image, class_logit(1))
+    assert "every window beyond the deciding voxel's reach" in approximate.inference
+    assert (exact < 0).float().mean() > 0.9  # the far windows matter...
+    assert _relative_difference(fast, exact) <= 1e-4  # ...and are in the map
 
 
 def test_projective_field_thresholding_keeps_the_ranking_of_the_exact_map():

@@ -10,7 +10,7 @@ residual unit, batch normalisation: the demo models' architecture) whose target 
 summed over a fixed central box.
 
 Each row gives the wall time of ours and of the reference (the median of ``--repeat`` runs, taken in
-turn), their ratio (reference / ours: above 1 means ours is faster), how far the maps agree (max
+turn; at least 9 for rows under a second), their ratio (reference / ours: above 1 means ours is faster), how far the maps agree (max
 |difference| / range of the reference map, or Spearman's rho where the methods differ by design) and the
 peak memory of each: the largest resident set size above the row's start, sampled every 5 ms from
 /proc/self/statm, so PyTorch's CPU allocations count. Spearman's rho of an approximate occlusion map
@@ -65,18 +65,27 @@ class Run:
 
 
 REPEAT = 1
+#: Runs shorter than this are repeated at least ``SHORT_REPEAT`` times: a 0.2 s pass varies by 10 % from run to run.
+SHORT_SECONDS, SHORT_REPEAT = 1.0, 9
+
+
+def repeats(first: Run) -> int:
+    """How many runs a measurement takes, given its first one."""
+    return max(REPEAT, SHORT_REPEAT) if first.seconds < SHORT_SECONDS else REPEAT
 
 
 def measure(fn: Callable[[], Any]) -> Run:
-    """The median wall time and largest peak memory of ``REPEAT`` runs of ``fn()``."""
-    runs = [measure_once(fn) for _ in range(REPEAT)]
+    """The median wall time and largest peak memory of ``REPEAT`` runs of ``fn()`` (more if it is short)."""
+    runs = [measure_once(fn)]
+    runs += [measure_once(fn) for _ in range(repeats(runs[0]) - 1)]
     seconds = sorted(run.seconds for run in runs)[len(runs) // 2]
     return Run(seconds, max(run.peak_mib for run in runs), runs[-1].value)
 
 
 def measure_pair(ours: Callable[[], Any], reference: Callable[[], Any]) -> tuple[Run, Run]:
-    """Ours and the reference, run in turn ``REPEAT`` times so that load changes hit both alike."""
-    runs = [(measure_once(ours), measure_once(reference)) for _ in range(REPEAT)]
+    """Ours and the reference, run in turn ``REPEAT`` times (more if ours is short) so that load changes hit both alike."""
+    runs = [(measure_once(ours), measure_once(reference))]
+    runs += [(measure_once(ours), measure_once(reference)) for _ in range(repeats(runs[0][0]) - 1)]
 
     def median(side: list[Run]) -> Run:
         return Run(sorted(r.seconds for r in side)[len(side) // 2], max(r.peak_mib for r in side), side[-1].value)

@@ -50,5 +50,10 @@ def region_logit_sum(class_index: int, region: torch.Tensor) -> TargetFn:
         b = output.shape[0]
         return (output[:, class_index] * weights).reshape(b, -1).sum(dim=1)
 
+    def change_in_box(new: torch.Tensor, old: torch.Tensor, box: tuple[slice, ...]) -> float:
+        """How much the score moves when the output's ``box`` changes from ``old`` to ``new`` (``[K, *box]``)."""
+        return float(((new[class_index] - old[class_index]) * weights[box]).sum())
+
     score.region = region != 0  # what the score reads: occlusion recomputes only what can reach it
+    score.change_in_box = change_in_box  # occlusion reads a window's change without rebuilding whole outputs
     return score

@@ -8,7 +8,10 @@ from the cached tensor (the window's box grown by each layer's receptive field a
 stride), read from the cached activation around it. Convolutions, transposed convolutions and pooling
 with fixed windows (zero or implicit padding), batch normalisation in eval mode, point-wise
 activations, dropout in eval mode, residual additions and channel concatenations (U-Net skip
-connections) are computed on patches; any other node (instance normalisation, global pooling…), and
+connections) are computed on patches; so is a module that reduces a map to case values and offers
+``patch_reduction(cached_input)`` (a callable giving its output for N copies of the cached input, copy
+``i`` with the box at ``starts[i]`` replaced by ``values[i]`` ``[C, *size_i]``: a max-pooled classifier's
+head picks the best voxel from the boxes and a ranking of the cached map, without rebuilding whole maps); any other node (instance normalisation, global pooling…), and
 any node whose patch would cover most of its output, is computed on full tensors for the batch,
 rebuilt from the cache and the patches. The result equals full inference up to floating-point rounding.
 
@@ -70,6 +73,10 @@ class OccludedInference:
 
     def __call__(self, boxes: Sequence[Box], fill: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def drops(self, boxes: Sequence[Box], fill: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``target`` on the unoccluded image minus ``target`` on each occluded copy, ``[len(boxes)]``."""
+        return (target(self.output) - target(self(boxes, fill))).reshape(-1)
 
 
 class FullInference(OccludedInference):
@@ -140,8 +147,9 @@ class IncrementalInference(OccludedInference):
         self.cache: dict[torch.fx.Node, Any] = {}
         self._padded: dict[tuple, np.ndarray] = {}
         self.interest: dict[torch.fx.Node, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._reductions: dict[torch.fx.Node, Callable] = {}
         (self.input_node,) = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
-        self.output = _CachingInterpreter(self, graph_module).run(image)
+        self.output = _CachingInterpreter(self, graph_module).run(_channels_last(image))
 
     def focus(self, region: Optional[torch.Tensor]) -> bool:
         """Compute only what a score reading ``region`` (``[*spatial]`` of the output, non-zero where read)
@@ -155,19 +163,41 @@ class IncrementalInference(OccludedInference):
         if not isinstance(cached, torch.Tensor) or tuple(cached.shape[2:]) != tuple(region.shape):
             return False
         where = torch.nonzero(region)
-        box = (tuple(where.min(dim=0).values.tolist()), tuple((where.max(dim=0).values + 1).tolist()))
-        self.interest = {result: box}
-        for node in reversed(list(self.graph_module.graph.nodes)):
-            if node.op in ("output", "placeholder"):
-                continue
-            box = self.interest.get(node, self._whole(node))
-            for source in node.all_input_nodes:
-                if source.op == "placeholder":
-                    continue
-                demand = self._demand(node, source, box)
-                known = self.interest.get(source)
-                self.interest[source] = demand if known is None else _box_union(known, demand)
+        self.interest = self._trace_back(result, (tuple(where.min(dim=0).values.tolist()),
+                                                  tuple((where.max(dim=0).values + 1).tolist())))
         return True
+
+    def reach(self) -> Optional[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """The box of the input the focused score reads (None without a focus): windows outside it cannot
+        change the score."""
+        return self.interest.get(self.input_node)
+
+    def deciding_reach(self) -> Optional[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """The box of the input read by the voxel that decides the output, when the network ends in a
+        reduction that picks one voxel (a max-pooled head exposing ``deciding_voxel``); else None.
+
+        A window outside it leaves that voxel's value alone; it can change the output only by making
+        another voxel the decider (for a max: by raising one above it)."""
+        (output,) = [n for n in self.graph_module.graph.nodes if n.op == "output"]
+        head = output.args[0]
+        if not (isinstance(head, torch.fx.Node) and head.op == "call_module" and _reduces_patches(self.modules[head.target])):
+            return None
+        voxel = getattr(self._reduction_of(head), "deciding_voxel", None)
+        if voxel is None:
+            return None
+        return self._trace_back(head.args[0], (tuple(voxel), tuple(v + 1 for v in voxel))).get(self.input_node)
+
+    def _trace_back(self, start: torch.fx.Node, box: tuple) -> dict:
+        """For ``start`` and every node it reads from, directly or not, the box of its output that ``box``
+        of ``start``'s output is computed from (None: all of it)."""
+        interest: dict[torch.fx.Node, Any] = {start: box}
+        for node in reversed(list(self.graph_module.graph.nodes)):
+            if node not in interest or node.op == "placeholder":
+                continue
+            for source in node.all_input_nodes:
+                demand = self._demand(node, source, interest[node])
+                interest[source] = demand if source not in interest else _box_union(interest[source], demand)
+        return interest
 
     def _whole(self, node: torch.fx.Node) -> Optional[tuple[tuple[int, ...], tuple[int, ...]]]:
         value = self.cache.get(node)
@@ -217,6 +247,28 @@ class IncrementalInference(OccludedInference):
         return any(self._patch_rule(user) is not None for user in self.input_node.users)
 
     def __call__(self, boxes: Sequence[Box], fill: torch.Tensor) -> torch.Tensor:
+        env, result = self._propagate(boxes, fill)
+        return torch.fx.node.map_arg(result, lambda n: self._as_tensor(n, env, len(boxes)))
+
+    def drops(self, boxes: Sequence[Box], fill: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """As :meth:`OccludedInference.drops`; a target that offers ``change_in_box`` (a region's logit sum)
+        is read on each copy's changed box of a patched output, without building whole outputs."""
+        env, result = self._propagate(boxes, fill)
+        change = getattr(target, "change_in_box", None)
+        patch = env.get(result) if isinstance(result, torch.fx.Node) else None
+        if change is None or not isinstance(patch, _Patch):
+            return (target(self.output) - target(torch.fx.node.map_arg(result, lambda n: self._as_tensor(n, env, len(boxes))))).reshape(-1)
+        cached = self.cache[result][0]
+        layout = patch.layout
+        drops = []
+        for values, start, low, high in zip(patch.values, layout.starts, layout.lows, layout.highs):
+            box = tuple(slice(l, h) for l, h in zip(low, high))
+            local = tuple(slice(l - s, h - s) for l, h, s in zip(low, high, start))
+            drops.append(-change(values[(slice(None), *local)], cached[(slice(None), *box)], box))
+        return torch.tensor(drops, dtype=self.output.dtype)
+
+    def _propagate(self, boxes: Sequence[Box], fill: torch.Tensor) -> tuple[dict, Any]:
+        """Every node's value for the occluded copies (None: the cached value holds), and the output's argument."""
         env: dict[torch.fx.Node, Optional[_Patch | _Full]] = {}
         count = len(boxes)
         for node in self.graph_module.graph.nodes:
@@ -226,7 +278,7 @@ class IncrementalInference(OccludedInference):
                 layout = _Layout(starts, size, starts, [tuple(s.stop for s in box) for box in boxes])
                 env[node] = _Patch(layout, torch.from_numpy(_stack(fill[0].numpy(), starts, size)))
             elif node.op == "output":
-                return torch.fx.node.map_arg(node.args[0], lambda n: self._as_tensor(n, env, count))
+                return env, node.args[0]
             elif all(env.get(n) is None for n in node.all_input_nodes):
                 env[node] = None  # does not depend on the image: the cached value holds
             else:
@@ -264,7 +316,8 @@ class IncrementalInference(OccludedInference):
         if isinstance(value, _Full):
             return value.values
         cached = self.cache[node].numpy()
-        full = np.empty((count, *cached.shape[1:]), dtype=cached.dtype)
+        shape = (count, *cached.shape[1:])  # laid out as the cached tensor: copying it is then a plain copy
+        full = np.empty(shape, cached.dtype) if self.cache[node].is_contiguous() else _empty(shape, cached.dtype)
         full[...] = cached
         values = value.values.numpy()
         for i, start in enumerate(value.layout.starts):
@@ -285,6 +338,8 @@ class IncrementalInference(OccludedInference):
                 return self._windowed
             if _transposed_geometry(module) is not None:
                 return self._transposed
+            if _reduces_patches(module):
+                return self._reduction
             return None
         if node.op == "call_function" and node.target in _POINTWISE_FUNCTIONS and len(node.all_input_nodes) == 1:
             return self._pointwise if node.args and node.args[0] is node.all_input_nodes[0] else None
@@ -357,11 +412,26 @@ class IncrementalInference(OccludedInference):
         region = self._gather(source, patch, pad, 0.0, [tuple(f + q for f, q in zip(first, pad)) for first in firsts], in_size)
         dims = len(in_shape)
         full = _CONV_TRANSPOSE[dims](torch.from_numpy(region), module.weight, module.bias, stride, 0, 0, module.groups, dilation).numpy()
-        values = np.empty((len(starts), full.shape[1], *size), dtype=full.dtype)
+        values = _empty((len(starts), full.shape[1], *size), full.dtype)
         for i, (start, first) in enumerate(zip(starts, firsts)):
             offset = [o - (f * s - p) for o, f, s, p in zip(start, first, stride, padding)]
             values[i] = full[(i, slice(None), *_box(offset, size))]
         return _Patch(layout, torch.from_numpy(values))
+
+    def _reduction(self, node: torch.fx.Node, env: dict) -> _Full:
+        """A module's own patch-aware reduction, given each copy's changed box only (the rest of a patch
+        holds values that cannot differ from the cache, so the reduction reads them there, bit for bit)."""
+        patch = env[node.args[0]]
+        layout = patch.layout
+        values = [patch.values[i][(slice(None), *(slice(l - s, h - s) for l, h, s in zip(low, high, start)))]
+                  for i, (low, high, start) in enumerate(zip(layout.lows, layout.highs, layout.starts))]
+        return _Full(self._reduction_of(node)(values, layout.lows))
+
+    def _reduction_of(self, node: torch.fx.Node) -> Callable:
+        """``patch_reduction`` of ``node``'s module, prepared once on the cached input."""
+        if node not in self._reductions:
+            self._reductions[node] = self.modules[node.target].patch_reduction(self.cache[node.args[0]])
+        return self._reductions[node]
 
     def _add(self, node: torch.fx.Node, env: dict) -> Optional[_Patch]:
         a, b = node.args
@@ -379,7 +449,8 @@ class IncrementalInference(OccludedInference):
         if layout is None:
             return None
         zero = (0,) * len(layout.size)
-        values = np.concatenate([self._gather(t, env[t], zero, 0.0, layout.starts, layout.size) for t in tensors], axis=1)
+        parts = [self._gather(t, env[t], zero, 0.0, layout.starts, layout.size) for t in tensors]
+        values = np.concatenate(parts, axis=1, out=_empty((len(layout.starts), sum(p.shape[1] for p in parts), *layout.size), parts[0].dtype))
         return _Patch(layout, torch.from_numpy(values))
 
     def _union(self, node: torch.fx.Node, patches: Sequence[_Patch], shape: Sequence[int]) -> Optional[_Layout]:
@@ -465,7 +536,7 @@ def occluded_inference(network: nn.Module, image: torch.Tensor, incremental: boo
     if isinstance(network, torch.jit.ScriptModule):
         return FullInference(network, image, "TorchScript models cannot be traced")
     try:
-        graph_module = torch.fx.symbolic_trace(network)
+        graph_module = torch.fx.GraphModule(network, _Tracer().trace(network))
     except Exception as error:  # noqa: BLE001 - any tracing failure means: run the network as it is
         return FullInference(network, image, f"the network cannot be traced ({type(error).__name__})")
     if sum(n.op == "placeholder" for n in graph_module.graph.nodes) != 1:
@@ -475,6 +546,17 @@ def occluded_inference(network: nn.Module, image: torch.Tensor, incremental: boo
         first = ", ".join(str(n.target) for n in engine.input_node.users)
         return FullInference(network, image, f"its first layer ({first}) is not one incremental inference handles")
     return engine
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps modules with their own patch-aware reduction as single nodes."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _reduces_patches(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _reduces_patches(module: nn.Module) -> bool:
+    return callable(getattr(module, "patch_reduction", None))
 
 
 def _windowed_geometry(module: nn.Module) -> Optional[tuple]:
@@ -548,10 +630,26 @@ def _in_place(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 def _stack(array: np.ndarray, starts: Sequence[tuple[int, ...]], size: tuple[int, ...]) -> np.ndarray:
     """``[N, C, *size]``: the boxes of ``array`` ``[C, *S]`` at ``starts``, copied."""
-    out = np.empty((len(starts), array.shape[0], *size), dtype=array.dtype)
+    out = _empty((len(starts), array.shape[0], *size), array.dtype)
     for i, start in enumerate(starts):
         out[i] = array[(slice(None), *_box(start, size))]
     return out
+
+
+def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` laid out channels-last where PyTorch has such a layout (2-D and 3-D images)."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return tensor.contiguous(memory_format=formats[tensor.dim()]) if tensor.dim() in formats else tensor
+
+
+def _empty(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised ``[N, C, *S]`` array laid out channels-last (``[N, *S, C]`` in memory).
+
+    PyTorch's CPU convolutions are up to 4x faster on channels-last tensors with few channels and large
+    patches (the decoder's full-resolution layers), and keep that layout for their outputs.
+    """
+    dims = len(shape) - 2
+    return np.empty((shape[0], *shape[2:], shape[1]), dtype=dtype).transpose(0, dims + 1, *range(1, dims + 1))
 
 
 def _box_union(a: Optional[tuple], b: Optional[tuple]) -> Optional[tuple]:

@@ -15,6 +15,13 @@ thresholding* (each layer's patch is cut to ``field_threshold`` of its output al
 there is at least ``refine_threshold`` of its largest); elsewhere a window's drop is the coarse drop
 shared out by volume.
 
+Windows that cannot matter are not computed. A score reading a region of the output (a segmentation
+target) cannot see a window outside that region's receptive field: its drop is exactly 0. In
+approximate mode a network whose output one voxel decides (a max-pooled classifier) gets a third
+approximation: windows outside that voxel's receptive field leave its value alone and could change the
+score only by making another voxel decide; they are left at 0 if a spread sample of them agrees, and
+are all computed if not. The windows near that voxel are few: drill-down is not used on them.
+
 Both are checked, because how much they change a map depends on the network and the case. U-Nets
 scored on a region lose little to thresholding (their far changes are small), classifiers that
 average the whole volume can lose their ranking; a lesion case has one region that matters and
@@ -87,29 +94,82 @@ class Occlusion(Explainer):
             for index, sample in enumerate(inputs):
                 image = sample.unsqueeze(0)
                 engine = occluded_inference(self.network, image, self.incremental)
-                self.inference = engine.kind + (f" ({engine.reason})" if engine.reason else "")
-                if isinstance(engine, IncrementalInference) and engine.focus(getattr(target, "region", None)):
-                    self.inference += " (focused on the explained region)"
+                notes = [engine.kind + (f" ({engine.reason})" if engine.reason else "")]
                 fill = _blurred(image, window)
                 progress = _Progress(stage, self.title, index, inputs.shape[0])
                 boxes = _boxes(image, fill, window, stride)
-                thresholding = self.mode == "approximate" and isinstance(engine, IncrementalInference) and self.field_threshold < 1
-                verdict: Optional[bool] = None
-                if thresholding:
-                    verdict, note = self._check_threshold(engine, _spread(boxes, self.internal_batch_size), fill, target)
-                    if verdict is None and self.refine_threshold is None:
-                        engine.field_threshold, note = 1.0, "exact: " + note
-                    elif verdict is None:  # the coarse pass only steers drill-down: thresholded until rechecked
-                        engine.field_threshold = self.field_threshold
-                    self.inference += ", " + note
-                if self.mode == "exact" or self.refine_threshold is None:
-                    drops = self._drops(engine, boxes, fill, target, progress.part(0.0, 1.0))
-                else:
-                    recheck = thresholding and verdict is None
-                    drops, note = self._coarse_to_fine(engine, image, fill, boxes, window, stride, target, progress, recheck)
-                    self.inference += ", " + note
+                drops = torch.zeros(len(boxes), dtype=engine.output.dtype)
+                near, far = self._split_by_reach(engine, boxes, target, notes)
+                if near:
+                    part = progress.part(0.0, 0.9 if far else 1.0)
+                    drops[near] = self._window_drops(engine, image, fill, [boxes[i] for i in near], window, stride,
+                                                     target, part, notes, drill_down=not far)
+                if far:
+                    drops[far] = self._far_drops(engine, [boxes[i] for i in far], fill, target, drops[near],
+                                                 progress.part(0.9, 1.0), notes)
+                self.inference = ", ".join(notes)
                 maps.append(_average(image, boxes, drops))
         return torch.cat(maps)
+
+    def _split_by_reach(self, engine: OccludedInference, boxes: list, target: TargetFn, notes: list) -> tuple[list, list]:
+        """Indices of the windows to compute and of those far from what decides the score.
+
+        A window outside the receptive field of the region a score reads cannot change it: its drop is 0,
+        exactly, and it is left out. In approximate mode, for a network whose output one voxel decides (a
+        max-pooled classifier), windows outside that voxel's receptive field are *far*: they can change
+        the score only by making another voxel decide, which :meth:`_far_drops` checks on a sample.
+        """
+        everything = list(range(len(boxes)))
+        if not isinstance(engine, IncrementalInference):
+            return everything, []
+        if engine.focus(getattr(target, "region", None)):
+            notes[0] += " (focused on the explained region)"
+            near = [i for i in everything if _meets(boxes[i], engine.reach())]
+            if len(near) < len(boxes):
+                notes.append(f"{len(boxes) - len(near)} of {len(boxes)} windows out of the explained region's reach (drop 0)")
+            return near, []
+        deciding = engine.deciding_reach() if self.mode == "approximate" else None
+        if deciding is None:
+            return everything, []
+        near = [i for i in everything if _meets(boxes[i], deciding)]
+        return near, [i for i in everything if not _meets(boxes[i], deciding)]
+
+    def _window_drops(self, engine: OccludedInference, image: torch.Tensor, fill: torch.Tensor, boxes: list,
+                      window: tuple, stride: tuple, target: TargetFn, progress: "_Progress", notes: list,
+                      drill_down: bool = True) -> torch.Tensor:
+        """The drops of ``boxes``: exact, or with the approximations of the mode that pass their checks."""
+        thresholding = self.mode == "approximate" and isinstance(engine, IncrementalInference) and self.field_threshold < 1
+        drill_down = drill_down and self.mode == "approximate" and self.refine_threshold is not None
+        verdict: Optional[bool] = None
+        if thresholding:
+            verdict, note = self._check_threshold(engine, _spread(boxes, self.internal_batch_size), fill, target)
+            if verdict is None and not drill_down:
+                engine.field_threshold, note = 1.0, "exact: " + note
+            elif verdict is None:  # the coarse pass only steers drill-down: thresholded until rechecked
+                engine.field_threshold = self.field_threshold
+            notes.append(note)
+        if not drill_down:
+            return self._drops(engine, boxes, fill, target, progress)
+        drops, note = self._coarse_to_fine(engine, image, fill, boxes, window, stride, target, progress,
+                                           thresholding and verdict is None)
+        notes.append(note)
+        return drops
+
+    def _far_drops(self, engine: OccludedInference, boxes: list, fill: torch.Tensor, target: TargetFn,
+                   near_drops: torch.Tensor, progress: "_Progress", notes: list) -> torch.Tensor:
+        """Drops of the windows far from the deciding voxel: 0, if a spread sample of them agrees (none moves
+        the score by more than ``APPROXIMATION_TOLERANCE`` of the largest near drop); else all computed."""
+        probe = _spread(list(range(len(boxes))), self.internal_batch_size)
+        drops = torch.zeros(len(boxes), dtype=near_drops.dtype)
+        drops[probe] = self._drops(engine, [boxes[i] for i in probe], fill, target, progress.part(0.0, 0.2))
+        largest = float(near_drops.abs().max()) if len(near_drops) else 0.0
+        if float(drops[probe].abs().max()) <= APPROXIMATION_TOLERANCE * largest:
+            notes.append(f"{len(boxes)} windows beyond the deciding voxel's reach left at 0 ({len(probe)} checked)")
+            return drops
+        rest = [i for i in range(len(boxes)) if i not in set(probe)]
+        drops[rest] = self._drops(engine, [boxes[i] for i in rest], fill, target, progress.part(0.2, 1.0))
+        notes.append(f"every window beyond the deciding voxel's reach (a sample of them changed the score)")
+        return drops
 
     def _check_threshold(self, engine: IncrementalInference, sample: list, fill: torch.Tensor,
                          target: TargetFn) -> tuple[Optional[bool], str]:
@@ -136,10 +196,9 @@ class Occlusion(Explainer):
     def _drops(self, engine: OccludedInference, boxes: list, fill: torch.Tensor, target: TargetFn,
                progress: "_Progress") -> torch.Tensor:
         """Base score minus the score with each box occluded, ``[len(boxes)]``."""
-        base = target(engine.output)
         drops = torch.zeros(len(boxes), dtype=engine.output.dtype)
         for part in batched(len(boxes), self.internal_batch_size):
-            drops[part] = (base - target(engine(boxes[part], fill))).reshape(-1)
+            drops[part] = engine.drops(boxes[part], fill, target)
             progress(part.stop / max(len(boxes), 1), f"{part.stop}/{len(boxes)} windows")
         return drops
 
@@ -211,6 +270,11 @@ class _Progress:
         if self.stage is not None:
             done = self.low + fraction * (self.high - self.low)
             self.stage.report((self.index + done) / self.total, f"{self.title}: {message}")
+
+
+def _meets(box: tuple[slice, ...], reach: Optional[tuple]) -> bool:
+    """Whether a window's box overlaps ``reach`` (``(low, high)`` corners; None: everything)."""
+    return reach is None or all(s.start < high and s.stop > low for s, low, high in zip(box, *reach))
 
 
 def _spread(boxes: list, count: int) -> list:
