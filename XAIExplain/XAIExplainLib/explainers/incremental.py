@@ -10,10 +10,11 @@ with fixed windows (zero or implicit padding), batch normalisation in eval mode,
 activations, dropout in eval mode, residual additions and channel concatenations (U-Net skip
 connections) are computed on patches; so is a module that reduces a map to case values and offers
 ``patch_reduction(cached_input)`` (a callable giving its output for N copies of the cached input, copy
-``i`` with the box at ``starts[i]`` replaced by ``values[i]`` ``[C, *size_i]``: a max-pooled classifier's
-head picks the best voxel from the boxes and a ranking of the cached map, without rebuilding whole maps); any other node (instance normalisation, global pooling…), and
-any node whose patch would cover most of its output, is computed on full tensors for the batch,
-rebuilt from the cache and the patches. The result equals full inference up to floating-point rounding.
+``i`` with the box at ``starts[i]`` replaced by ``values[i]`` ``[C, *size_i]``: a max-pooled
+classifier's head picks the best voxel from the boxes and a ranking of the cached map, without
+rebuilding whole maps). Any other node (instance normalisation, global pooling…), and any node whose
+patch would cover most of its output, is computed on full tensors for the batch, rebuilt from the
+cache and the patches. The result equals full inference up to floating-point rounding.
 
 When the explained score reads only a region of the output (a segmentation target: the logits summed
 over the lesion), :meth:`IncrementalInference.focus` limits every node to the voxels that region's
@@ -247,8 +248,11 @@ class IncrementalInference(OccludedInference):
         return any(self._patch_rule(user) is not None for user in self.input_node.users)
 
     def __call__(self, boxes: Sequence[Box], fill: torch.Tensor) -> torch.Tensor:
-        env, result = self._propagate(boxes, fill)
-        return torch.fx.node.map_arg(result, lambda n: self._as_tensor(n, env, len(boxes)))
+        return self._outputs(*self._propagate(boxes, fill), len(boxes))
+
+    def _outputs(self, env: dict, result: Any, count: int) -> Any:
+        """The network's output for the copies, as whole tensors."""
+        return torch.fx.node.map_arg(result, lambda n: self._as_tensor(n, env, count))
 
     def drops(self, boxes: Sequence[Box], fill: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """As :meth:`OccludedInference.drops`; a target that offers ``change_in_box`` (a region's logit sum)
@@ -257,7 +261,7 @@ class IncrementalInference(OccludedInference):
         change = getattr(target, "change_in_box", None)
         patch = env.get(result) if isinstance(result, torch.fx.Node) else None
         if change is None or not isinstance(patch, _Patch):
-            return (target(self.output) - target(torch.fx.node.map_arg(result, lambda n: self._as_tensor(n, env, len(boxes))))).reshape(-1)
+            return (target(self.output) - target(self._outputs(env, result, len(boxes)))).reshape(-1)
         cached = self.cache[result][0]
         layout = patch.layout
         drops = []

@@ -168,7 +168,7 @@ class Occlusion(Explainer):
             return drops
         rest = [i for i in range(len(boxes)) if i not in set(probe)]
         drops[rest] = self._drops(engine, [boxes[i] for i in rest], fill, target, progress.part(0.2, 1.0))
-        notes.append(f"every window beyond the deciding voxel's reach (a sample of them changed the score)")
+        notes.append("every window beyond the deciding voxel's reach (a sample of them changed the score)")
         return drops
 
     def _check_threshold(self, engine: IncrementalInference, sample: list, fill: torch.Tensor,
