@@ -170,9 +170,9 @@ RECIPES: dict[str, ModelRecipe] = {
             limits=(
                 "Trained only on a procedural chest phantom (no patient data): real CT anatomy, motion, contrast "
                 "media, emphysema, consolidation, atelectasis and scanner artefacts are out of distribution.",
-                "Nodules under about 6 mm are close to the model grid and the likeliest misses, and so are "
-                "nodules up to 9 mm on thick-slice (4-5 mm) scans; vessels seen end-on are the "
-                "likeliest false alarms.",
+                "Nodules under 10 mm are the likeliest misses: of the single nodules in 240 held-out cases it found "
+                "53 of 54 of 10 mm or more, 14 of 23 of 6-10 mm and 1 of 7 under 6 mm (on its 3 mm grid they are "
+                "two voxels); vessels seen end-on are the likeliest false alarms.",
                 "Only the lung window (-600 / 1500 HU) is seen by the network: bone and soft-tissue findings are "
                 "ignored.",
             ),
