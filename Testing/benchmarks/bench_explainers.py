@@ -10,8 +10,9 @@ residual unit, batch normalisation: the demo models' architecture) whose target 
 summed over a fixed central box.
 
 Each row gives the wall time of ours and of the reference (the median of ``--repeat`` runs, taken in
-turn; at least 9 for rows under a second), their ratio (reference / ours: above 1 means ours is faster), how far the maps agree (max
-|difference| / range of the reference map, or Spearman's rho where the methods differ by design) and the
+turn; at least 9 for rows under a second), their ratio (reference / ours: above 1 means ours is faster),
+how far the maps agree (max |difference| / range of the reference map, or Spearman's rho where the
+methods differ by design) and the
 peak memory of each: the largest resident set size above the row's start, sampled every 5 ms from
 /proc/self/statm, so PyTorch's CPU allocations count. Spearman's rho of an approximate occlusion map
 against the exact one is given over all voxels and over the voxels where either map exceeds 1 % of its

@@ -124,7 +124,8 @@ class Occlusion(Explainer):
             return everything, []
         if engine.focus(getattr(target, "region", None)):
             notes[0] += " (focused on the explained region)"
-            near = [i for i in everything if _meets(boxes[i], engine.reach())]
+            reach = engine.reach()
+            near = [i for i in everything if _meets(boxes[i], reach)]
             if len(near) < len(boxes):
                 notes.append(f"{len(boxes) - len(near)} of {len(boxes)} windows out of the explained region's reach (drop 0)")
             return near, []
@@ -166,7 +167,8 @@ class Occlusion(Explainer):
         if float(drops[probe].abs().max()) <= APPROXIMATION_TOLERANCE * largest:
             notes.append(f"{len(boxes)} windows beyond the deciding voxel's reach left at 0 ({len(probe)} checked)")
             return drops
-        rest = [i for i in range(len(boxes)) if i not in set(probe)]
+        probed = set(probe)
+        rest = [i for i in range(len(boxes)) if i not in probed]
         drops[rest] = self._drops(engine, [boxes[i] for i in rest], fill, target, progress.part(0.2, 1.0))
         notes.append("every window beyond the deciding voxel's reach (a sample of them changed the score)")
         return drops
