@@ -145,3 +145,20 @@ def test_forced_twins_share_anatomy_and_differ_only_near_lesions(kind):
     near = ndimage.binary_dilation(mask > 0, iterations=10)
     assert np.array_equal(a[~near], b[~near])
     assert np.abs(a[mask > 0].astype(float) - b[mask > 0]).mean() > 0
+
+
+def test_a_training_set_can_show_more_small_nodules_without_changing_the_anatomy_or_the_default_set():
+    sizes = {}
+    for fraction in (0.0, 1.0):
+        image, _mask, info = make_case("chest-ct", 3, 0, lesions=True, small_nodule_fraction=fraction)
+        sizes[fraction] = [lesion["nominal_diameter_mm"] for lesion in info["lesions"]]
+        lung = sitk.GetArrayFromImage(image) < -700
+        if fraction == 0.0:
+            default_image, _, default_info = make_case("chest-ct", 3, 0, lesions=True)
+            assert np.array_equal(sitk.GetArrayFromImage(default_image), sitk.GetArrayFromImage(image))
+            assert default_info["lesions"] == info["lesions"]
+            default_lung = lung
+    assert all(6.0 <= d <= 10.0 for d in sizes[1.0]) and len(sizes[1.0]) == len(sizes[0.0])
+    assert (lung == default_lung).mean() > 0.99  # same case, other nodules
+    with pytest.raises(ValueError, match="chest CT option"):
+        make_case("brain-mri", 3, 0, small_nodule_fraction=0.5)

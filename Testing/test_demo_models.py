@@ -135,13 +135,20 @@ def test_training_script_runs_one_short_epoch(name, tmp_path):
     out = tmp_path / name
     case_epochs = "1" if BUNDLES[name]["task"] == "classification" else "0"
     metrics = train_main([name, "--out", str(out), "--epochs", "1", "--n-train", "4", "--n-eval", "4",
-                          "--eval-seed", str(EVAL_SEED), "--case-epochs", case_epochs, *SMOKE_SETTINGS])
+                          "--eval-seed", str(EVAL_SEED), "--case-epochs", case_epochs, "--n-validation", "6",
+                          *SMOKE_SETTINGS])
     assert metrics["n"] == 4
     meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert meta["xai"]["weights_sha256"] == file_sha256(out / "models" / "model.pt")
     assert meta["xai"]["model_card"]["held_out_metrics"] == metrics
     # The segmenter's outline threshold is chosen on its training cases and recorded.
     assert ("outline_log_odds_offset" in meta["xai"]["model_card"]) == (BUNDLES[name]["task"] == "segmentation")
+    # The chest classifier's case threshold is chosen on validation cases, whose seed it then counts as seen.
+    card = meta["xai"]["model_card"]
+    assert ("operating_point" in card) == (name == "chest-nodule-classifier")
+    if "operating_point" in card:
+        assert card["operating_point"]["validation_cases"] == 6
+        assert {20, card["operating_point"]["validation_seed"]} <= training_seeds(card)
     from XAIExplainLib.models.loading import load_model
 
     loaded = load_model(out)

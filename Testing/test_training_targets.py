@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from XAIExplainLib.models.pooling import MaxPooledClassifier
 from XAIExplainLib.training.common import bootstrap_interval, mask_to_model_grid, model_grid_for, roc_auc
-from XAIExplainLib.training.segmentation import label_lesions, lesion_peak_loss, random_patch
+from XAIExplainLib.training.segmentation import flip_patches, label_lesions, lesion_peak_loss, random_patch
 
 SEGMENTER_3MM = {"task": "segmentation", "input": {"spacing_mm": [3.0, 3.0, 3.0], "orientation": "RAS",
                                                    "size": [16, 16, 16], "divisible_by": 16}}
@@ -147,3 +147,42 @@ def test_the_cards_auc_interval_holds_the_auc_and_narrows_with_more_cases():
     # a statistic never defined (one class only) gives no interval rather than a made-up one
     assert np.isnan(bootstrap_interval(lambda draw: None, 10)).all()
 
+
+
+def _orientations(every_axis: bool, draws: int = 400) -> set[bytes]:
+    """The distinct arrangements a patch with a marked corner takes under repeated random flips."""
+    patch = torch.arange(2 * 2 * 2, dtype=torch.float32).reshape(1, 1, 2, 2, 2).repeat(draws, 1, 1, 1, 1)
+    labels = patch[:, 0].long()
+    images, labels = flip_patches(patch.clone(), labels.clone(), torch.Generator().manual_seed(0), every_axis)
+    assert torch.equal(images[:, 0].long(), labels)  # the target moves with its image
+    return {bytes(image.numpy().astype(np.uint8)) for image in images[:, 0]}
+
+
+def test_every_axis_shows_a_patch_in_all_16_orientations_and_the_default_only_flips_left_right():
+    assert len(_orientations(every_axis=True)) == 16
+    plain = _orientations(every_axis=False)
+    assert plain == {bytes(np.arange(8, dtype=np.uint8)), bytes(np.arange(8, dtype=np.uint8).reshape(2, 2, 2)[::-1].copy())}
+
+
+class _ImageIsLogOdds(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), x], dim=1)
+
+
+def test_single_lesion_detection_is_counted_by_size_and_looks_one_voxel_around_the_lesion():
+    from XAIExplainLib.training.datasets import ModelGridSet
+    from XAIExplainLib.training.segmentation import single_lesions_found
+
+    images, masks, infos = [], [], []
+    for diameter, peak, offset, count in ((12.0, 3.0, 0, 1), (7.0, -1.0, 0, 1), (5.0, 2.0, 1, 1), (8.0, 4.0, 0, 2),
+                                          (9.0, 5.0, 3, 1)):
+        image = np.full((10, 10, 10), -4.0, np.float32)
+        mask = np.zeros((10, 10, 10), bool)
+        mask[5, 5, 5] = True
+        image[5 + offset, 5, 5] = peak  # offset 1: beside the mask (found); 3: far from it (missed)
+        images.append(image)
+        masks.append(mask)
+        infos.append({"lesions": [{"nominal_diameter_mm": diameter}] * count})
+    data = ModelGridSet(images=images, labels=np.ones(5, np.int64), masks=masks, infos=infos)
+    # The two-lesion case is left out; the 9 mm lesion's bright voxel is three voxels away: missed.
+    assert single_lesions_found(_ImageIsLogOdds(), data) == ">= 10 mm 1/1, 6-10 mm 0/2, < 6 mm 1/1"

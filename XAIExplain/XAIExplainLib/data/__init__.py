@@ -39,23 +39,26 @@ def _generator(kind: str, seed: int, index: int) -> np.random.Generator:
 
 
 def make_case(
-    kind: str, seed: int, index: int = 0, lesions: Optional[bool] = None
+    kind: str, seed: int, index: int = 0, lesions: Optional[bool] = None, small_nodule_fraction: float = 0.0
 ) -> tuple[sitk.Image, sitk.Image, dict[str, Any]]:
     """Case ``index`` of the set ``(kind, seed)``: ``(image, mask, info)``.
 
     ``info`` holds ``label`` (0/1), ``lesions`` (size, RAS centre and recipe of each) and the
     acquisition parameters drawn for the case. ``lesions=True`` / ``False`` gives the case's twin with
     at least one / no lesion (same anatomy and acquisition); ``None`` follows the set's distribution.
+    ``small_nodule_fraction`` (chest CT, training sets): that share of the nodules drawn at 6-10 mm.
     """
     rng = _generator(kind, seed, index)
     if kind == "brain-mri":
+        if small_nodule_fraction:
+            raise ValueError("small_nodule_fraction is a chest CT option.")
         from .brain import make_brain_case
 
         image, mask, info = make_brain_case(rng, lesions)
     else:
         from .chest import make_chest_case
 
-        image, mask, info = make_chest_case(rng, lesions)
+        image, mask, info = make_chest_case(rng, lesions, small_nodule_fraction)
     info.update({"case": case_id(kind, seed, index), "seed": int(seed), "index": int(index)})
     return image, mask, info
 

@@ -179,8 +179,12 @@ def _vessel_tree(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, g: 
 
 
 def _nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, g: _Grid, hila: list[np.ndarray],
-             count: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Paint ``count`` nodules in the lungs; return the label mask and the recipe of each."""
+             count: int, small_fraction: float = 0.0) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Paint ``count`` nodules in the lungs; return the label mask and the recipe of each.
+
+    ``small_fraction``: that share of the nodules is redrawn at 6-10 mm (training sets that show more of
+    the sizes a model misses; one extra draw per nodule, so the default sets are unchanged).
+    """
     mask = np.zeros(g.shape, dtype=np.uint8)
     spacing_zyx = g.spacing[::-1]
     voxel = float(g.spacing.mean())
@@ -189,6 +193,8 @@ def _nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, g: _Gri
     placed: list[tuple[np.ndarray, float]] = []
     for label in range(1, count + 1):
         diameter = float(rng.uniform(4.0, 6.0) if rng.random() < 0.1 else rng.uniform(6.0, 20.0))
+        if small_fraction and rng.random() < small_fraction:
+            diameter = float(rng.uniform(6.0, 10.0))
         radius = diameter / 2.0
         candidates = np.argwhere(depth > radius + 3.0)
         if candidates.size == 0:
@@ -231,12 +237,13 @@ def _nodules(rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, g: _Gri
 
 
 def make_chest_case(
-    rng: np.random.Generator, lesions: Optional[bool] = None
+    rng: np.random.Generator, lesions: Optional[bool] = None, small_nodule_fraction: float = 0.0
 ) -> tuple[sitk.Image, sitk.Image, dict[str, Any]]:
     """One synthetic chest CT: ``(image int16 HU, mask uint8, info)`` drawn from ``rng``.
 
     Anatomy, nodules and acquisition draw from three independent child generators; ``lesions`` forces
-    at least one nodule (``True``) or none (``False``) to make the twin of the same case.
+    at least one nodule (``True``) or none (``False``) to make the twin of the same case;
+    ``small_nodule_fraction`` redraws that share of the nodules at 6-10 mm (see :func:`_nodules`).
     """
     rng, lesion_rng, acquisition_rng = rng.spawn(3)
     in_plane = float(rng.uniform(2.0, 2.5))
@@ -259,7 +266,7 @@ def make_chest_case(
     count = int(lesion_rng.choice([1, 2, 3], p=[0.6, 0.25, 0.15]))
     if lesions is False or (lesions is None and free):
         count = 0
-    mask, recipes = _nodules(lesion_rng, hu, lung, g, hila, count)
+    mask, recipes = _nodules(lesion_rng, hu, lung, g, hila, count, small_nodule_fraction)
     rng = acquisition_rng
 
     hu = ndimage.gaussian_filter(hu, (0.4, 0.5, 0.5))

@@ -19,7 +19,8 @@ from typing import Any, Optional, Sequence
 import monai
 
 from ..models import load_model
-from .calibration import OutlineCalibration, choose_outline_offset, shift_lesion_log_odds
+from .calibration import (OperatingPoint, OutlineCalibration, choose_operating_offset, choose_outline_offset,
+                          shift_lesion_log_odds)
 from .cards import bundle_metadata, model_card_markdown
 from .common import Stopwatch, display_path, environment, seed_everything, write_bundle
 from .datasets import build_set
@@ -65,10 +66,23 @@ def _parser(recipe: ModelRecipe) -> argparse.ArgumentParser:
     parser.add_argument("--balance-lesions", action=argparse.BooleanOptionalAction,
                         default=d.get("balance_lesions", False),
                         help="lesion-centred patches pick a lesion first (each equally often, whatever its size)")
+    parser.add_argument("--small-nodule-fraction", type=float, default=d.get("small_nodule_fraction", 0.0),
+                        help="chest CT: share of the training nodules drawn at 6-10 mm (held-out cases never are)")
+    parser.add_argument("--every-axis", action=argparse.BooleanOptionalAction, default=d.get("every_axis", False),
+                        help="patches flipped along every axis and turned in the axial plane (default: left-right "
+                             "flips only)")
     parser.add_argument("--calibrate-outline", action=argparse.BooleanOptionalAction,
                         default=d.get("calibrate_outline", False),
                         help="segmenters: choose the lesion log-odds offset with the best training Dice (no new "
                              "false-positive case) and fold it into the output bias")
+    parser.add_argument("--operating-point", action=argparse.BooleanOptionalAction,
+                        default=d.get("operating_point", False),
+                        help="classifiers: raise the lesion log-odds (folded into the output bias) as far as keeps "
+                             "--max-false-positive-rate of the lesion-free validation cases called positive")
+    parser.add_argument("--validation-seed", type=int, default=99,
+                        help="seed of the validation cases the operating point is chosen on")
+    parser.add_argument("--n-validation", type=int, default=60)
+    parser.add_argument("--max-false-positive-rate", type=float, default=0.05)
     parser.add_argument("--width", type=int, default=d["width"], help="channels of the first U-Net level")
     parser.add_argument("--dropout", type=float, default=d["dropout"])
     parser.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -92,14 +106,20 @@ def _command(recipe: ModelRecipe, args: argparse.Namespace) -> str:
         f"--window {' '.join(map(str, args.window))} --patches-per-case {args.patches_per_case} "
         f"--lesion-bias {args.lesion_bias:g} --peak-weight {args.peak_weight:g} "
         f"--{'' if args.keep_every_lesion else 'no-'}keep-every-lesion "
-        f"--{'' if args.balance_lesions else 'no-'}balance-lesions --width {args.width} --dropout {args.dropout:g} "
+        f"--{'' if args.balance_lesions else 'no-'}balance-lesions "
+        f"--{'' if args.every_axis else 'no-'}every-axis "
+        + (f"--small-nodule-fraction {args.small_nodule_fraction:g} " if args.small_nodule_fraction else "")
+        + f"--width {args.width} --dropout {args.dropout:g} "
         f"--batch-size {args.batch_size} --lr {args.lr:g} --case-epochs {args.case_epochs} --case-lr {args.case_lr:g}"
         + (f" --{'' if args.calibrate_outline else 'no-'}calibrate-outline" if recipe.task == "segmentation" else "")
+        + (f" --operating-point --validation-seed {args.validation_seed} --n-validation {args.n_validation} "
+           f"--max-false-positive-rate {args.max_false_positive_rate:g}" if args.operating_point else "")
         + (f" --init {args.init}" if args.init else "")
     )
 
 
-def _training_story(args: argparse.Namespace, outline: Optional[OutlineCalibration] = None) -> str:
+def _training_story(args: argparse.Namespace, outline: Optional[OutlineCalibration] = None,
+                    operating: Optional[OperatingPoint] = None) -> str:
     """How the weights were reached, in one sentence for the model card."""
     steps = []
     if args.init is not None:
@@ -107,7 +127,8 @@ def _training_story(args: argparse.Namespace, outline: Optional[OutlineCalibrati
     if args.epochs:
         steps.append(f"{args.epochs} epochs on random {'x'.join(map(str, args.patch))} patches ({args.lesion_bias:.0%} of "
                      "those from lesion cases centred on a lesion"
-                     + (", each lesion equally often" if args.balance_lesions else "") + "), left-right flips, Dice + cross-entropy"
+                     + (", each lesion equally often" if args.balance_lesions else "") + "), "
+                     + ("flips along every axis and axial turns" if args.every_axis else "left-right flips") + ", Dice + cross-entropy"
                      + (f" plus {args.peak_weight:g} x the lesion-peak loss" if args.peak_weight else "")
                      + ", AdamW with a one-cycle schedule")
     if args.case_epochs:
@@ -119,6 +140,14 @@ def _training_story(args: argparse.Namespace, outline: Optional[OutlineCalibrati
                      f"{outline.offset:g} (training Dice {outline.mean_dice[0.0]:.2f} -> "
                      f"{outline.mean_dice[outline.offset]:.2f}, no lesion-free case gaining a false positive), "
                      "folded into the output bias")
+    if operating is not None:
+        o = operating.offset
+        steps.append(f"the case threshold chosen on {operating.n_with_lesion + operating.n_lesion_free} validation "
+                     f"cases (seed {args.validation_seed}, never trained or tested on): lesion log-odds raised by {o:g}, "
+                     f"the most that calls at most {args.max_false_positive_rate:.0%} of the lesion-free ones positive "
+                     f"(validation sensitivity {operating.sensitivity[0.0]:.2f} -> {operating.sensitivity[o]:.2f}, "
+                     f"false-positive rate {operating.false_positive_rate[0.0]:.2f} -> "
+                     f"{operating.false_positive_rate[o]:.2f}), folded into the output bias")
     return "; then ".join(steps)
 
 
@@ -133,12 +162,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         args.init = None
     if args.eval_seed == args.seed:
         raise SystemExit("--eval-seed must differ from --seed: held-out cases must never be trained on.")
+    if args.operating_point and recipe.task != "classification":
+        raise SystemExit("--operating-point is for classifiers (a segmenter's line is its outline: --calibrate-outline).")
+    if args.operating_point and args.validation_seed in (args.seed, args.eval_seed):
+        raise SystemExit("--validation-seed must differ from --seed and --eval-seed.")
 
     clock = Stopwatch()
     generator = seed_everything(args.seed, args.threads)
     xai = recipe.xai_metadata(args.spacing, args.window)
     train = build_set(recipe.kind, args.seed, args.n_train, xai, with_masks=True,
-                      keep_every_lesion=args.keep_every_lesion, log=clock.say)
+                      keep_every_lesion=args.keep_every_lesion, log=clock.say,
+                      small_nodule_fraction=args.small_nodule_fraction)
     definition = unet_def(args.width, args.dropout)
     network = monai.networks.nets.UNet(**{k: v for k, v in definition.items() if k != "_target_"})
     init_seconds = 0.0
@@ -148,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         init_seconds = float(start.spec.metadata["xai"].get("model_card", {}).get("training_time_s", 0.0))
     losses = train_segmenter(network, train, args.epochs, args.patch, args.seed, generator, args.batch_size,
                              args.patches_per_case, args.lr, args.lesion_bias, args.peak_weight,
-                             args.balance_lesions, log=clock.say) if args.epochs else []
+                             args.balance_lesions, args.every_axis, log=clock.say) if args.epochs else []
     if args.case_epochs:
         losses += finetune_case_level(network, train, args.case_epochs, args.seed, args.case_lr, log=clock.say)
     outline = None
@@ -159,6 +193,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         shift_lesion_log_odds(network, outline.offset)
         clock.say(f"outline offset {outline.offset:g}: training Dice {outline.mean_dice[0.0]:.4f} -> "
                   f"{outline.mean_dice[outline.offset]:.4f}")
+    operating = None
+    if args.operating_point:
+        validation = build_set(recipe.kind, args.validation_seed, args.n_validation, xai, log=clock.say)
+        operating = choose_operating_offset(network, validation, args.max_false_positive_rate)
+        shift_lesion_log_odds(network, operating.offset)
+        clock.say(f"operating point: offset {operating.offset:g}, validation sensitivity "
+                  f"{operating.sensitivity[0.0]:.3f} -> {operating.sensitivity[operating.offset]:.3f}, false-positive "
+                  f"rate {operating.false_positive_rate[0.0]:.3f} -> {operating.false_positive_rate[operating.offset]:.3f}")
     train_seconds = clock.elapsed
     held_out = build_set(recipe.kind, args.eval_seed, args.n_eval, xai, with_masks=True, log=clock.say)
     if recipe.task == "segmentation":
@@ -169,7 +211,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     clock.say(f"held-out: {metrics}")
 
     command = _command(recipe, args)
-    training_data = f"{args.n_train} {recipe.data_description}Seed {args.seed}."
+    training_data = (f"{args.n_train} {recipe.data_description}"
+                     + (f"{args.small_nodule_fraction:.0%} of the nodules redrawn at 6-10 mm. " if args.small_nodule_fraction
+                        else "") + f"Seed {args.seed}.")
     xai["model_card"] = {
         "training_data": training_data,
         "held_out_metrics": metrics,
@@ -184,6 +228,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     }
     if outline is not None:
         xai["model_card"]["outline_log_odds_offset"] = outline.offset
+    if operating is not None:
+        xai["model_card"]["operating_point"] = {
+            "log_odds_offset": operating.offset,
+            "validation_seed": args.validation_seed,
+            "validation_cases": operating.n_with_lesion + operating.n_lesion_free,
+            "max_false_positive_rate": args.max_false_positive_rate,
+            "validation_sensitivity": [operating.sensitivity[0.0], operating.sensitivity[operating.offset]],
+            "validation_false_positive_rate": [operating.false_positive_rate[0.0],
+                                               operating.false_positive_rate[operating.offset]],
+        }
     dense_shape = ["16*n", "16*n", "16*n"]
     metadata = bundle_metadata(
         name=recipe.name,
@@ -207,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             "Intended use": "Research and teaching only — not for clinical use.",
             "Training data": training_data,
             "Preprocessing": recipe.preprocessing,
-            "How it was trained": f"`{command}` — {_training_story(args, outline)}; {train_seconds / 60:.1f} min on "
+            "How it was trained": f"`{command}` — {_training_story(args, outline, operating)}; {train_seconds / 60:.1f} min on "
                                   f"{environment()}"
                                   + (f" ({(train_seconds + init_seconds) / 60:.1f} min with the training of the "
                                      f"starting weights)." if init_seconds else "."),

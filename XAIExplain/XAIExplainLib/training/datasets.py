@@ -34,12 +34,14 @@ def build_set(
     with_masks: bool = False,
     keep_every_lesion: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    small_nodule_fraction: float = 0.0,
 ) -> ModelGridSet:
     """Generate ``n`` cases of ``(kind, seed)`` and convert them with :func:`to_model_input` (masks with
-    :func:`mask_to_model_grid`; ``keep_every_lesion`` for training targets)."""
+    :func:`mask_to_model_grid`; ``keep_every_lesion`` for training targets; ``small_nodule_fraction``: see
+    :func:`~XAIExplainLib.data.make_case`)."""
     images, labels, masks, infos = [], [], [], []
     for index in range(n):
-        image, mask, info = make_case(kind, seed, index)
+        image, mask, info = make_case(kind, seed, index, small_nodule_fraction=small_nodule_fraction)
         images.append(to_model_input(image, xai_meta).astype(np.float16))
         labels.append(int(info["label"]))
         if with_masks:

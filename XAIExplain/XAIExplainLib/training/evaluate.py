@@ -34,10 +34,11 @@ __all__ = ["main", "training_seeds"]
 
 
 def training_seeds(card: dict[str, Any], depth: int = 4) -> set[int]:
-    """The case seeds the bundle's weights have seen: its recorded training command's ``--seed`` and,
-    when it started from another bundle (``--init``), that bundle's, and so on."""
+    """The case seeds the bundle's weights have seen: its recorded training command's ``--seed`` (and
+    ``--validation-seed``, whose cases chose its operating point) and, when it started from another bundle
+    (``--init``), that bundle's, and so on."""
     command = card.get("training_command", "")
-    seeds = {int(m.group(1)) for m in re.finditer(r"--seed (\d+)", command)}
+    seeds = {int(m.group(1)) for m in re.finditer(r"--(?:validation-)?seed (\d+)", command)}
     start = re.search(r"--init (\S+)", command)
     if start and depth > 0:
         try:
@@ -104,7 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         raise SystemExit(f"--eval-seed {' '.join(map(str, sorted(seen)))}: this model was trained on those cases; "
                          "held-out cases must never be trained on.")
     recipe = RECIPES[name]
-    held_out = _pooled([build_set(recipe.kind, seed, args.n_eval, xai, with_masks=True, log=clock.say)
+    # A classifier's masks only say where each lesion is (which ones it finds): keep the sub-voxel ones.
+    held_out = _pooled([build_set(recipe.kind, seed, args.n_eval, xai, with_masks=True,
+                                  keep_every_lesion=recipe.task == "classification", log=clock.say)
                         for seed in dict.fromkeys(args.eval_seed)])
     network = getattr(model.network, "dense", model.network)  # the classifiers' max-pooling head is re-added
     if recipe.task == "segmentation":

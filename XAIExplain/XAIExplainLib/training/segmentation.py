@@ -26,6 +26,7 @@ from .datasets import ModelGridSet
 
 __all__ = [
     "random_patch",
+    "flip_patches",
     "label_lesions",
     "lesion_peak_loss",
     "train_segmenter",
@@ -33,6 +34,7 @@ __all__ = [
     "predict_masks",
     "evaluate_segmenter",
     "evaluate_pooled_classifier",
+    "single_lesions_found",
 ]
 
 
@@ -69,6 +71,28 @@ def random_patch(
         start = [int(rng.integers(0, s - p + 1)) for p, s in zip(patch, image.shape)]
     box = tuple(slice(b, b + p) for b, p in zip(start, patch))
     return image[box], mask[box]
+
+
+def flip_patches(
+    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, every_axis: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random left-right flips of ``(B, 1, X, Y, Z)`` patches and their ``(B, X, Y, Z)`` labels.
+
+    ``every_axis``: each axis flipped independently and, for square axial patches, x and y swapped with
+    probability one half — the 16 orientations a lesion can take without resampling. A small nodule is
+    round in every one of them, while the vessels and walls it is confused with keep their own shape, so
+    each nodule the generator drew is shown as 16 different neighbourhoods.
+    """
+    axes = 3 if every_axis else 1
+    for axis in range(axes):
+        flips = torch.rand(len(images), generator=generator) < 0.5
+        images[flips] = torch.flip(images[flips], dims=[2 + axis])
+        labels[flips] = torch.flip(labels[flips], dims=[1 + axis])
+    if every_axis and images.shape[2] == images.shape[3]:
+        turns = torch.rand(len(images), generator=generator) < 0.5
+        images[turns] = images[turns].transpose(2, 3)
+        labels[turns] = labels[turns].transpose(1, 2)
+    return images, labels
 
 
 _MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -124,12 +148,14 @@ def train_segmenter(
     lesion_bias: float = 0.5,
     peak_weight: float = 0.0,
     balance_lesions: bool = False,
+    every_axis: bool = False,
     log: Optional[Callable[[str], None]] = None,
 ) -> list[float]:
     """Train ``network`` in place on random patches; returns the mean loss of each epoch.
 
     ``peak_weight`` adds :func:`lesion_peak_loss` of each patch to its Dice + cross-entropy;
-    ``balance_lesions`` centres patches on every lesion equally often (:func:`random_patch`).
+    ``balance_lesions`` centres patches on every lesion equally often (:func:`random_patch`);
+    ``every_axis`` flips and turns patches along every axis (:func:`flip_patches`).
     """
     assert data.masks is not None, "segmentation training needs masks"
     rng = np.random.default_rng(seed)
@@ -153,9 +179,7 @@ def train_segmenter(
                      for i in order[start:start + batch_size]]
             images = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
             labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
-            flips = torch.rand(len(pairs), generator=generator) < 0.5
-            images[flips] = torch.flip(images[flips], dims=[2])
-            labels[flips] = torch.flip(labels[flips], dims=[1])
+            images, labels = flip_patches(images, labels, generator, every_axis)
             logits = network(images)
             loss = loss_fn(logits, (labels > 0).long()[:, None])
             if peak_weight:
@@ -270,7 +294,7 @@ def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_
     def auc_of(draw: np.ndarray) -> Optional[float]:
         return roc_auc(scores[draw], labels[draw]) if 0 < labels[draw].sum() < len(draw) else None
 
-    return {
+    metrics = {
         "auc": round(roc_auc(scores, labels), 4) if both_classes else None,
         "auc_ci95": _rounded(bootstrap_interval(auc_of, len(labels))) if both_classes else None,
         "sensitivity": round(float(called[labels == 1].mean()), 4) if (labels == 1).any() else None,
@@ -278,6 +302,35 @@ def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_
         "n": len(data),
         "n_with_lesion": int((labels == 1).sum()),
     }
+    if data.masks is not None:
+        metrics["single_lesions_found"] = single_lesions_found(network, data, positive_class)
+    return metrics
+
+
+#: Lesion sizes the single-lesion detection is reported by (nominal diameter, mm).
+SIZE_BANDS = ((10.0, float("inf"), ">= 10 mm"), (6.0, 10.0, "6-10 mm"), (0.0, 6.0, "< 6 mm"))
+
+
+@torch.no_grad()
+def single_lesions_found(network: nn.Module, data: ModelGridSet, positive_class: int = 1) -> str:
+    """How many lesions of each size the model finds, over ``data``'s cases with exactly one lesion:
+    found = lesion log-odds above 0 within one voxel of its mask on the model grid (build the masks with
+    ``keep_every_lesion`` so that a lesion smaller than a voxel is still there). AUC says how cases rank;
+    this says which lesions are the misses."""
+    network.eval()
+    counts = {label: [0, 0] for _, _, label in SIZE_BANDS}
+    for image, mask, info in zip(data.images, data.masks, data.infos):
+        lesions = info.get("lesions", [])
+        if len(lesions) != 1 or not mask.any():
+            continue
+        odds = voxel_log_odds(network(torch.from_numpy(image.astype(np.float32))[None, None]), positive_class,
+                              "softmax")[0].numpy()
+        near = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))
+        diameter = float(lesions[0].get("nominal_diameter_mm", lesions[0].get("size_mm", 0.0)))
+        label = next(label for low, high, label in SIZE_BANDS if low <= diameter < high)
+        counts[label][0] += int(odds[near].max() > 0)
+        counts[label][1] += 1
+    return ", ".join(f"{label} {found}/{total}" for label, (found, total) in counts.items() if total)
 
 
 def _rounded(interval: tuple[float, float]) -> list[float]:
