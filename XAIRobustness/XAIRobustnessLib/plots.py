@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .faithfulness import FaithfulnessResult  # noqa: E402
 from .sanity import SanityResult  # noqa: E402
 from .sweep import SPEARMAN_BREAK, RobustnessSweep  # noqa: E402
+from .verdicts import POINTING_TARGET  # noqa: E402
 
 __all__ = ["plot_sweep", "plot_sanity", "plot_faithfulness", "plot_bench"]
 
@@ -159,7 +160,7 @@ def plot_faithfulness(result: FaithfulnessResult, path: str | os.PathLike, title
 
 def plot_bench(summary: Mapping[str, Mapping], metrics, path: str | os.PathLike, title: str = "") -> None:
     """One panel per metric: each method's mean with its 95 % bootstrap interval; chance levels dashed
-    (the lesion's share of the body for mass in lesion and AUPRC)."""
+    (the lesion's share of the body for mass in lesion and AUPRC), and the pointing game's target."""
     shown = [(c, h, better) for c, h, better in metrics
              if better is not None and c != "runtime_s" and any(c in s for s in summary.values())]
     methods = list(summary)
@@ -174,6 +175,9 @@ def plot_bench(summary: Mapping[str, Mapping], metrics, path: str | os.PathLike,
         axis.bar(range(len(methods)), heights, yerr=errors, capsize=4, color=_BLUE, alpha=0.85)
         if column in ("mass_in_lesion", "auprc") and share:
             axis.axhline(max(share), color=_GREY, linestyle="--", linewidth=1, label="lesion share (chance)")
+            axis.legend(fontsize=7, loc="upper right")
+        if column == "pointing_hit":
+            axis.axhline(POINTING_TARGET, color=_RED, linestyle="--", linewidth=1, label=f"target ({POINTING_TARGET:.2f})")
             axis.legend(fontsize=7, loc="upper right")
         axis.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
         axis.set_title(f"{heading} ({'higher' if better else 'lower'} is better)", fontsize=9)
