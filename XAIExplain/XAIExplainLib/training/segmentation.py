@@ -11,7 +11,7 @@ as a segmenter (Dice) or, through the engine's max-pooling head, as a case class
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ __all__ = [
     "predict_masks",
     "evaluate_segmenter",
     "evaluate_pooled_classifier",
-    "single_lesions_found",
+    "SingleLesionTally",
 ]
 
 
@@ -278,15 +278,20 @@ def evaluate_segmenter(network: nn.Module, data: ModelGridSet) -> dict[str, floa
 
 
 @torch.no_grad()
-def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_class: int = 1) -> dict[str, float]:
+def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_class: int = 1) -> dict[str, Any]:
     """ROC AUC with its 95 % bootstrap interval over cases, sensitivity and specificity (at 0.5) of the case
     probability given by the engine's :class:`~XAIExplainLib.models.pooling.MaxPooledClassifier` around
-    ``network`` (dropout off)."""
+    ``network`` (dropout off); with masks, which single lesions it finds by size (:class:`SingleLesionTally`),
+    read from the same lesion maps."""
     head = MaxPooledClassifier(network, positive_class).eval()
-    scores = np.array([
-        torch.softmax(head(torch.from_numpy(image.astype(np.float32))[None, None]), dim=1)[0, positive_class].item()
-        for image in data.images
-    ])
+    tally = SingleLesionTally()
+    scores = []
+    for index, image in enumerate(data.images):
+        maps = head.dense(torch.from_numpy(image.astype(np.float32))[None, None])
+        scores.append(torch.softmax(head.pool(maps), dim=1)[0, positive_class].item())
+        if data.masks is not None:
+            tally.add(voxel_log_odds(maps, positive_class, "softmax")[0].numpy(), data.masks[index], data.infos[index])
+    scores = np.array(scores)
     labels = np.asarray(data.labels)
     called = scores >= 0.5
     both_classes = 0 < labels.sum() < len(labels)
@@ -294,7 +299,7 @@ def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_
     def auc_of(draw: np.ndarray) -> Optional[float]:
         return roc_auc(scores[draw], labels[draw]) if 0 < labels[draw].sum() < len(draw) else None
 
-    metrics = {
+    metrics: dict[str, Any] = {
         "auc": round(roc_auc(scores, labels), 4) if both_classes else None,
         "auc_ci95": _rounded(bootstrap_interval(auc_of, len(labels))) if both_classes else None,
         "sensitivity": round(float(called[labels == 1].mean()), 4) if (labels == 1).any() else None,
@@ -303,34 +308,36 @@ def evaluate_pooled_classifier(network: nn.Module, data: ModelGridSet, positive_
         "n_with_lesion": int((labels == 1).sum()),
     }
     if data.masks is not None:
-        metrics["single_lesions_found"] = single_lesions_found(network, data, positive_class)
+        metrics["single_lesions_found"] = tally.summary()
     return metrics
 
 
-#: Lesion sizes the single-lesion detection is reported by (nominal diameter, mm).
-SIZE_BANDS = ((10.0, float("inf"), ">= 10 mm"), (6.0, 10.0, "6-10 mm"), (0.0, 6.0, "< 6 mm"))
-
-
-@torch.no_grad()
-def single_lesions_found(network: nn.Module, data: ModelGridSet, positive_class: int = 1) -> str:
-    """How many lesions of each size the model finds, over ``data``'s cases with exactly one lesion:
-    found = lesion log-odds above 0 within one voxel of its mask on the model grid (build the masks with
-    ``keep_every_lesion`` so that a lesion smaller than a voxel is still there). AUC says how cases rank;
+class SingleLesionTally:
+    """How many lesions of each size a model finds, over cases with exactly one lesion: found = lesion
+    log-odds above 0 within one voxel of its mask on the model grid (build the masks with
+    ``keep_every_lesion``, so that a lesion smaller than a voxel is still there). AUC says how cases rank;
     this says which lesions are the misses."""
-    network.eval()
-    counts = {label: [0, 0] for _, _, label in SIZE_BANDS}
-    for image, mask, info in zip(data.images, data.masks, data.infos):
+
+    #: (smallest, largest nominal diameter in mm, label), largest first.
+    BANDS = ((10.0, float("inf"), ">= 10 mm"), (6.0, 10.0, "6-10 mm"), (0.0, 6.0, "< 6 mm"))
+
+    def __init__(self) -> None:
+        self.counts = {label: [0, 0] for _, _, label in self.BANDS}
+
+    def add(self, log_odds: np.ndarray, mask: np.ndarray, info: dict[str, Any]) -> None:
+        """Count one case (skipped unless it has exactly one lesion, present in ``mask``)."""
         lesions = info.get("lesions", [])
         if len(lesions) != 1 or not mask.any():
-            continue
-        odds = voxel_log_odds(network(torch.from_numpy(image.astype(np.float32))[None, None]), positive_class,
-                              "softmax")[0].numpy()
-        near = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))
+            return
+        near = ndimage.binary_dilation(mask, structure=np.ones((3,) * mask.ndim, bool))
         diameter = float(lesions[0].get("nominal_diameter_mm", lesions[0].get("size_mm", 0.0)))
-        label = next(label for low, high, label in SIZE_BANDS if low <= diameter < high)
-        counts[label][0] += int(odds[near].max() > 0)
-        counts[label][1] += 1
-    return ", ".join(f"{label} {found}/{total}" for label, (found, total) in counts.items() if total)
+        label = next(label for low, high, label in self.BANDS if low <= diameter < high)
+        self.counts[label][0] += int(log_odds[near].max() > 0)
+        self.counts[label][1] += 1
+
+    def summary(self) -> str:
+        """E.g. ``">= 10 mm 52/54, 6-10 mm 20/23, < 6 mm 2/7"`` (bands without a case left out)."""
+        return ", ".join(f"{label} {found}/{total}" for label, (found, total) in self.counts.items() if total)
 
 
 def _rounded(interval: tuple[float, float]) -> list[float]:
