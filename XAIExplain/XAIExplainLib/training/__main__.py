@@ -141,13 +141,13 @@ def _training_story(args: argparse.Namespace, outline: Optional[OutlineCalibrati
                      f"{outline.mean_dice[outline.offset]:.2f}, no lesion-free case gaining a false positive), "
                      "folded into the output bias")
     if operating is not None:
-        o = operating.offset
-        steps.append(f"the case threshold chosen on {operating.n_with_lesion + operating.n_lesion_free} validation "
-                     f"cases (seed {args.validation_seed}, never trained or tested on): lesion log-odds raised by {o:g}, "
-                     f"the most that calls at most {args.max_false_positive_rate:.0%} of the lesion-free ones positive "
-                     f"(validation sensitivity {operating.sensitivity[0.0]:.2f} -> {operating.sensitivity[o]:.2f}, "
-                     f"false-positive rate {operating.false_positive_rate[0.0]:.2f} -> "
-                     f"{operating.false_positive_rate[o]:.2f}), folded into the output bias")
+        (sensitivity, sensitivity_after), (alarms, alarms_after) = (operating.sensitivity_change,
+                                                                    operating.false_positive_rate_change)
+        steps.append(f"the case threshold chosen on {operating.n_cases} validation cases (seed "
+                     f"{args.validation_seed}, never trained or tested on): lesion log-odds raised by "
+                     f"{operating.offset:g}, the most that calls at most {args.max_false_positive_rate:.0%} of the "
+                     f"lesion-free ones positive (validation sensitivity {sensitivity:.2f} -> {sensitivity_after:.2f}, "
+                     f"false-positive rate {alarms:.2f} -> {alarms_after:.2f}), folded into the output bias")
     return "; then ".join(steps)
 
 
@@ -199,8 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         operating = choose_operating_offset(network, validation, args.max_false_positive_rate)
         shift_lesion_log_odds(network, operating.offset)
         clock.say(f"operating point: offset {operating.offset:g}, validation sensitivity "
-                  f"{operating.sensitivity[0.0]:.3f} -> {operating.sensitivity[operating.offset]:.3f}, false-positive "
-                  f"rate {operating.false_positive_rate[0.0]:.3f} -> {operating.false_positive_rate[operating.offset]:.3f}")
+                  "{:.3f} -> {:.3f}, false-positive rate {:.3f} -> {:.3f}".format(
+                      *operating.sensitivity_change, *operating.false_positive_rate_change))
     train_seconds = clock.elapsed
     held_out = build_set(recipe.kind, args.eval_seed, args.n_eval, xai, with_masks=True, log=clock.say)
     if recipe.task == "segmentation":
@@ -232,11 +232,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         xai["model_card"]["operating_point"] = {
             "log_odds_offset": operating.offset,
             "validation_seed": args.validation_seed,
-            "validation_cases": operating.n_with_lesion + operating.n_lesion_free,
+            "validation_cases": operating.n_cases,
             "max_false_positive_rate": args.max_false_positive_rate,
-            "validation_sensitivity": [operating.sensitivity[0.0], operating.sensitivity[operating.offset]],
-            "validation_false_positive_rate": [operating.false_positive_rate[0.0],
-                                               operating.false_positive_rate[operating.offset]],
+            "validation_sensitivity": list(operating.sensitivity_change),
+            "validation_false_positive_rate": list(operating.false_positive_rate_change),
         }
     dense_shape = ["16*n", "16*n", "16*n"]
     metadata = bundle_metadata(

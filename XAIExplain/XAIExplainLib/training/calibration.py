@@ -77,6 +77,20 @@ class OperatingPoint:
     n_with_lesion: int
     n_lesion_free: int
 
+    @property
+    def n_cases(self) -> int:
+        return self.n_with_lesion + self.n_lesion_free
+
+    @property
+    def sensitivity_change(self) -> tuple[float, float]:
+        """Validation sensitivity as trained and at the chosen offset."""
+        return self.sensitivity[0.0], self.sensitivity[self.offset]
+
+    @property
+    def false_positive_rate_change(self) -> tuple[float, float]:
+        """Validation false-positive rate as trained and at the chosen offset."""
+        return self.false_positive_rate[0.0], self.false_positive_rate[self.offset]
+
 
 @torch.no_grad()
 def choose_operating_offset(
