@@ -131,7 +131,9 @@ def test_torchscript_model_with_sidecar_metadata(classifier_bundle, tmp_path):
     metadata = json.loads((classifier_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     metadata["xai"].pop("weights_sha256")
     path.with_suffix(".json").write_text(json.dumps(metadata), encoding="utf-8")
-    model = load_model(path)
+    with pytest.raises(XAIModelError, match="TorchScript model, which is program code.*--trust-bundle"):
+        load_model(path)  # TorchScript is code: only with the user's word
+    model = load_model(path, trust_bundle=True)
     assert model.is_torchscript
     image = make_image(size=(30, 30, 30), spacing=(1.5, 1.5, 1.5))
     ours = explain_image(image, model, method="gradient")
@@ -139,3 +141,36 @@ def test_torchscript_model_with_sidecar_metadata(classifier_bundle, tmp_path):
     assert ours.prediction["predicted_class"] == reference.prediction["predicted_class"]
     with pytest.raises(XAIModelError, match="TorchScript"):
         explain_image(image, model, method="gradcam")
+
+
+def test_torchscript_card_is_read_without_running_its_code(classifier_bundle, tmp_path):
+    """``models show`` reads the archive's extra/metadata.json as zip data: a ``__setstate__`` that would
+    write a file when deserialised never runs."""
+    marker = tmp_path / "ran"
+
+    class Hostile(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.path = str(marker)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        @torch.jit.export
+        def __getstate__(self) -> tuple[str, bool]:
+            return (self.path, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[str, bool]) -> None:
+            self.path = state[0]
+            self.training = state[1]
+            torch.save(torch.zeros(1), self.path)  # what a crafted model would do on load
+
+    metadata = json.loads((classifier_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    metadata["xai"].pop("weights_sha256")
+    path = tmp_path / "hostile.ts"
+    torch.jit.save(torch.jit.script(Hostile()), str(path), _extra_files={"metadata.json": json.dumps(metadata)})
+    assert read_model_spec(path).task == "classification"
+    with pytest.raises(XAIModelError, match="--trust-bundle"):
+        load_model(path)
+    assert not marker.exists()

@@ -131,6 +131,7 @@ class XAIExplainParameterNode:
 
     inputVolume - the volume to explain.
     model - bundled model name, or a model bundle folder / TorchScript file.
+    trustModel - the user's word that the model's own code may run (TorchScript, bundle expressions).
     clinicalTask - id of a task in the clinical task catalogue (Resources/Tasks/tasks.json); empty: the
         model's first task. audience - who reads the result (radiologist, researcher, teaching).
     method - the explanation method.
@@ -142,6 +143,7 @@ class XAIExplainParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = SAMPLE_MODEL_NAME
+    trustModel: bool = False
     clinicalTask: str = ""
     audience: Audience = Audience.RADIOLOGIST
     method: ExplanationMethod = ExplanationMethod.GRADCAM
@@ -635,6 +637,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
                      "--format", "nrrd", "--out", outputDirectory]
         if parameters.target:
             arguments += ["--target", parameters.target]
+        if parameters.trustModel:
+            arguments.append("--trust-bundle")
         return arguments
 
     def startExplain(self, parameters, progressCallback=None, completedCallback=None, waitForCompletion=False):
@@ -699,7 +703,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         from XAIExplainLib.models import load_model
         from XAIExplainLib.pipeline import explain_image
 
-        model = load_model(parameters.model)
+        model = load_model(parameters.model, trust_bundle=parameters.trustModel)
         image = mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32)
         result = explain_image(image, model, method=parameters.method.value, target=parameters.target or None,
                                uncertainty=parameters.uncertaintyMethod.value, samples=parameters.samples,

@@ -81,6 +81,7 @@ class XAIRobustnessParameterNode:
     """The user's choices, saved with the scene.
 
     inputVolume - the case; model - bundled model name or bundle folder; method - explanation method.
+    trustModel - the user's word that the model's own code may run (TorchScript, bundle expressions).
     perturbation, maxSeverity - what is perturbed and how far (severities 0..maxSeverity).
     opacity, threshold - how the perturbed case's saliency is shown.
     outputTable, outputPerturbed - the sweep table and the most severe perturbed case of the last run.
@@ -89,6 +90,7 @@ class XAIRobustnessParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = SAMPLE_MODEL_NAME
+    trustModel: bool = False
     method: ExplanationMethod = ExplanationMethod.GRADCAM
     perturbation: Perturbation = Perturbation.GAUSSIAN_NOISE
     maxSeverity: Annotated[int, WithinRange(1, 5)] = 5
@@ -308,7 +310,7 @@ class XAIRobustnessLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select an input volume."))
         scene = inputVolume.GetScene()
         image = mrml.volumeNodeToImage(inputVolume, sitk.sitkFloat32)
-        model = load_model(parameters.model)
+        model = load_model(parameters.model, trust_bundle=parameters.trustModel)
         sweep = perturbation_sweep(image, model, perturbation=parameters.perturbation.value,
                                    severities=self.severities(parameters), method=parameters.method.value,
                                    progress=progress, cancel=cancel)
@@ -379,7 +381,7 @@ class XAIRobustnessLogic(ScriptedLoadableModuleLogic):
 
         if parameters.inputVolume is None:
             raise ValueError(_("Select an input volume."))
-        return mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32), load_model(parameters.model)
+        return mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32), load_model(parameters.model, trust_bundle=parameters.trustModel)
 
 
 #

@@ -250,12 +250,16 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _models_show(args: argparse.Namespace) -> int:
-    from .models import file_sha256, read_model_spec, resolve_model_path
+    from .errors import XAIModelError
+    from .models import bundle_weights_file, file_sha256, read_model_spec, resolve_model_path
 
     path = resolve_model_path(args.name)
     spec = read_model_spec(path)
     card = dict(spec.metadata.get("xai", {}))
-    weights = next((path / p for p in ("models/model.pt", "models/model.ts") if (path / p).is_file()), path)
+    try:
+        weights: Optional[Path] = bundle_weights_file(path)
+    except XAIModelError:
+        weights = None  # missing, or outside the bundle: nothing is hashed
     summary = {
         "name": spec.name,
         "path": str(path.absolute()),
@@ -269,7 +273,7 @@ def _models_show(args: argparse.Namespace) -> int:
         "intensity": card.get("intensity"),
         "cam_target_layer": spec.cam_target_layer,
         "weights_sha256_recorded": spec.weights_sha256,
-        "weights_sha256_actual": file_sha256(weights) if weights.is_file() else None,
+        "weights_sha256_actual": file_sha256(weights) if weights is not None else None,
         "model_card": card.get("model_card", {}),
     }
     if args.json:

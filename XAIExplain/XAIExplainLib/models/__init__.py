@@ -2,6 +2,7 @@
 
 from .loading import (
     LoadedModel,
+    bundle_weights_file,
     bundled_models_dir,
     file_sha256,
     list_bundled_models,
@@ -16,6 +17,7 @@ __all__ = [
     "LoadedModel",
     "ModelSpec",
     "TASKS",
+    "bundle_weights_file",
     "bundled_models_dir",
     "file_sha256",
     "list_bundled_models",

@@ -1,8 +1,12 @@
 """Finding and loading models: MONAI bundle folders and TorchScript files, safely.
 
 Safe by default: weights are read with ``torch.load(..., weights_only=True)`` (no unpickling of
-arbitrary objects), network definitions go through :mod:`.safe_config`, and the weights' SHA-256 is
-checked against the one recorded in the metadata.
+arbitrary objects), network definitions go through :mod:`.safe_config` (built first on PyTorch's
+``meta`` device, so a network far larger than its weights file is refused before any memory is
+allocated), the weights' SHA-256 is checked against the one recorded in the metadata, and the weights
+file must lie inside its bundle. TorchScript archives hold code (``torch.jit.load`` runs it), so they
+are loaded only when the user trusts them (``--trust-bundle``); their card is read from the archive
+without deserialising anything.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ __all__ = [
     "read_model_spec",
     "load_model",
     "file_sha256",
+    "bundle_weights_file",
+    "MAX_METADATA_BYTES",
 ]
+
+#: A model card or network config larger than this is refused before it is parsed.
+MAX_METADATA_BYTES = 4 * 2**20
+#: The network may hold at most this many bytes more than its weights file (buffers, rounding).
+_WEIGHTS_SIZE_SLACK_BYTES = 1 * 2**20
 
 @dataclass
 class LoadedModel:
@@ -127,7 +138,7 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
     """
     path = resolve_model_path(name_or_path)
     spec = read_model_spec(path)
-    weights = _weights_file(path)
+    weights = bundle_weights_file(path)
     sha256 = file_sha256(weights)
     if spec.weights_sha256 and spec.weights_sha256.lower() != sha256:
         raise XAIModelError(
@@ -136,6 +147,12 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
         )
     has_network_config = path.is_dir() and (path / "configs" / "inference.json").is_file()
     if _is_torchscript(weights) and not has_network_config:
+        if not trust_bundle:
+            raise XAIModelError(
+                f"{weights.name} is a TorchScript model, which is program code that runs when it is loaded; "
+                f"refused — pass --trust-bundle (in Slicer and the viewer: 'Trust this model') only if you trust "
+                f"where it comes from."
+            )
         network, source = _load_torchscript(weights), "torchscript"
     else:
         network, source = _load_bundle_network(path, weights, trust_bundle), "bundle"
@@ -155,6 +172,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def bundle_weights_file(path: Path) -> Path:
+    """The weights file of a bundle folder (or the TorchScript file itself), which must lie inside it.
+
+    A symbolic link pointing out of the bundle is refused: a bundle names only its own files.
+    """
+    if path.is_file():
+        return path
+    root = path.resolve()
+    for candidate in ("models/model.pt", "models/model.ts"):
+        weights = path / candidate
+        if weights.is_file():
+            resolved = weights.resolve()
+            if not resolved.is_relative_to(root):
+                raise XAIModelError(f"Bundle {path.name}: {candidate} points outside the bundle folder; refused.")
+            return weights
+    raise XAIModelError(f"Bundle {path.name} has no weights: models/model.pt (or models/model.ts) is missing.")
+
+
 def _read_metadata(path: Path) -> dict:
     if path.is_dir():
         metadata_file = path / "configs" / "metadata.json"
@@ -167,13 +202,9 @@ def _read_metadata(path: Path) -> dict:
     if sidecar.is_file():
         return _read_json(sidecar)
     if _is_torchscript(path):
-        extra = {"metadata.json": ""}
-        try:
-            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except Exception as error:
-            raise XAIModelError(f"Could not read {path.name} as a TorchScript model ({error}).") from None
-        if extra["metadata.json"]:
-            return json.loads(extra["metadata.json"])
+        text = _torchscript_extra_file(path, "metadata.json")
+        if text is not None:
+            return _parse_json(text, f"{path.name}:extra/metadata.json")
         raise XAIModelError(
             f"TorchScript model {path.name} has no metadata: put the bundle metadata in {sidecar.name} "
             f"beside it or in the archive's extra file metadata.json."
@@ -181,32 +212,54 @@ def _read_metadata(path: Path) -> dict:
     raise XAIModelError(f"{path.name} is neither a MONAI bundle folder nor a TorchScript model file.")
 
 
-def _read_json(path: Path) -> dict:
+def _torchscript_extra_file(path: Path, name: str) -> Optional[str]:
+    """An extra file of a TorchScript archive (``<archive>/extra/<name>``), read as plain zip data:
+    nothing is deserialised, so no TorchScript code runs."""
     try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((m for m in archive.infolist() if m.filename.split("/")[1:] == ["extra", name]), None)
+            if member is None:
+                return None
+            with archive.open(member) as handle:
+                data = handle.read(MAX_METADATA_BYTES + 1)
+    except (OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as error:
+        raise XAIModelError(f"Could not read {path.name} as a TorchScript archive ({_one_line(error)}).") from None
+    if len(data) > MAX_METADATA_BYTES:
+        raise XAIModelError(f"{path.name}: extra/{name} is larger than {MAX_METADATA_BYTES // 2**20} MB; refused.")
+    return data.decode("utf-8", errors="replace")
+
+
+def _read_json(path: Path) -> dict:
+    label = f"{path.parent.name}/{path.name}"
+    try:
+        if path.stat().st_size > MAX_METADATA_BYTES:
+            raise XAIModelError(f"{label} is larger than {MAX_METADATA_BYTES // 2**20} MB; refused.")
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise XAIModelError(f"Could not read {path.parent.name}/{path.name} as JSON ({error}).") from None
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise XAIModelError(f"Could not read {label} as JSON ({_one_line(error)}).") from None
+    return _parse_json(text, label)
+
+
+def _parse_json(text: str, label: str) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise XAIModelError(f"Could not read {label} as JSON ({error}).") from None
+    except RecursionError:
+        raise XAIModelError(f"{label} nests its JSON too deeply to be a model card or config; refused.") from None
     if not isinstance(data, dict):
-        raise XAIModelError(f"{path.parent.name}/{path.name} is not a JSON object.")
+        raise XAIModelError(f"{label} is not a JSON object.")
     return data
 
 
-def _weights_file(path: Path) -> Path:
-    if path.is_file():
-        return path
-    for candidate in ("models/model.pt", "models/model.ts"):
-        if (path / candidate).is_file():
-            return path / candidate
-    raise XAIModelError(f"Bundle {path.name} has no weights: models/model.pt (or models/model.ts) is missing.")
-
-
 def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            # TorchScript archives carry their code; torch.save'd state dicts carry only data.pkl and tensors.
+            return any("/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False
-    with zipfile.ZipFile(path) as archive:
-        # TorchScript archives carry their code; torch.save'd state dicts carry only data.pkl and tensors.
-        return any("/code/" in name for name in archive.namelist())
 
 
 def _load_torchscript(weights: Path) -> torch.nn.Module:
@@ -220,20 +273,43 @@ def _load_bundle_network(path: Path, weights: Path, trust_bundle: bool) -> torch
     inference = path / "configs" / "inference.json"
     if not inference.is_file():
         raise XAIModelError(f"Bundle {path.name} has no configs/inference.json describing its network.")
-    network = build_network(_read_json(inference), trust_bundle=trust_bundle)
-    state = _read_state_dict(weights)
+    config = _read_json(inference)
+    if not trust_bundle:
+        # Sized on the meta device first: no memory is allocated for a network that its weights cannot fill.
+        skeleton = build_network(config, device="meta")
+        _check_network_fits_weights(skeleton, weights)
+        state = _read_state_dict(weights)
+        _load_weights(skeleton, state, weights.name, assign=True)
+    else:
+        state = _read_state_dict(weights)
+    network = build_network(config, trust_bundle=trust_bundle)
+    _load_weights(network, state, weights.name)
+    return network
+
+
+def _check_network_fits_weights(skeleton: torch.nn.Module, weights: Path) -> None:
+    tensors = list(skeleton.state_dict().values())
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    available = weights.stat().st_size
+    if needed > available + _WEIGHTS_SIZE_SLACK_BYTES:
+        raise XAIModelError(
+            f"The network in inference.json needs {needed / 2**20:.0f} MB of weights but {weights.name} holds only "
+            f"{available / 2**20:.1f} MB: they do not belong together; refused before building it."
+        )
+
+
+def _load_weights(network: torch.nn.Module, state: dict, name: str, assign: bool = False) -> None:
     try:
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as error:
         raise XAIModelError(
-            f"The weights in {weights.name} do not match the network in inference.json: {_summarise_mismatch(error)}"
+            f"The weights in {name} do not match the network in inference.json: {_summarise_mismatch(error)}"
         ) from None
-    return network
 
 
 def _read_state_dict(weights: Path) -> dict:
     try:
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+        state = _torch_load_tensors(weights)
     except pickle.UnpicklingError:
         raise XAIModelError(
             f"{weights.name} holds Python objects, not only tensors; refusing to unpickle it "
@@ -247,6 +323,15 @@ def _read_state_dict(weights: Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise XAIModelError(f"{weights.name} is not a state dict of tensors.")
     return state
+
+
+def _torch_load_tensors(weights: Path) -> Any:
+    try:  # memory-mapped: tensors are read from the file as they are used, not all copied up front
+        return torch.load(str(weights), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+    return torch.load(str(weights), map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
 
 
 def _summarise_mismatch(error: RuntimeError) -> str:

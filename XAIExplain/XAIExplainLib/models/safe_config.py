@@ -3,14 +3,22 @@
 MONAI bundle configs can hold Python expressions (``$...``), file macros (``%...``) and any importable
 ``_target_``: loading an untrusted bundle with MONAI's ``ConfigParser`` runs whatever it says. Here an
 untrusted config may only name network classes from an allow-list with literal arguments and ``@``
-references to other literal entries; anything else is refused with the offending key named. With
-``trust_bundle=True`` MONAI's own parser is used and everything is allowed.
+references to other literal entries; anything else is refused with the offending key named. An
+untrusted bundle also gets no network and no file access: arguments that ask for pretrained weights,
+or name a URL or a path, are refused, and the network is built with every download function disabled
+(HoVerNet's ``pretrained_url``, DenseNet's ``pretrained=True`` would otherwise fetch at build time).
+With ``trust_bundle=True`` MONAI's own parser is used and everything is allowed.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping
+import re
+import socket
+import sys
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator, Mapping, Optional
+from unittest import mock
 
 import torch
 
@@ -21,10 +29,23 @@ __all__ = ["ALLOWED_TARGET_PREFIXES", "build_network"]
 #: ``_target_`` values an untrusted bundle may instantiate.
 ALLOWED_TARGET_PREFIXES = ("monai.networks.nets.", "torch.nn.")
 _HARMLESS_KEYS = {"_desc_", "_disabled_"}
+#: Argument names that ask a network to fetch or read something when it is built.
+_FETCHING_ARGUMENT = re.compile(r"(^|_)(pretrain\w*|url|path|file|filename|dir|cache\w*|download\w*)($|_)", re.IGNORECASE)
+#: String values that name a place rather than an option (``"relu"``, ``"instance"``).
+_PLACE_VALUE = re.compile(r"://|[/\\]|^[~.]")
+#: What a network constructor could call to fetch weights (also where MONAI imported them by name); each
+#: raises inside an untrusted build, as does opening any network connection.
+_DOWNLOAD_FUNCTIONS = {"load_state_dict_from_url", "download_url_to_file", "download_url", "hf_hub_download",
+                       "urlopen", "urlretrieve", "load"}
+_DOWNLOAD_MODULES = ("monai.", "torch.hub", "urllib.request", "torchvision.", "huggingface_hub")
 
 
-def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bundle: bool = False) -> torch.nn.Module:
-    """Instantiate ``config[key]``; refuse code expressions unless ``trust_bundle``."""
+def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bundle: bool = False,
+                  device: Optional[str] = None) -> torch.nn.Module:
+    """Instantiate ``config[key]``; refuse code expressions, downloads and paths unless ``trust_bundle``.
+
+    ``device="meta"`` builds the network without allocating its tensors (to size it first).
+    """
     if key not in config:
         raise XAIModelError(f"The bundle's inference.json has no '{key}' entry describing the network.")
     if trust_bundle:
@@ -36,7 +57,8 @@ def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bun
         except Exception as error:  # any failure of the trusted config is the bundle's
             raise XAIModelError(f"Could not build the network from the trusted bundle ({error}).") from None
     else:
-        network = _instantiate(config[key], config, path=key)
+        with _downloads_disabled(), torch.device(device or "cpu"):
+            network = _instantiate(config[key], config, path=key)
     if not isinstance(network, torch.nn.Module):
         raise XAIModelError(f"'{key}' in inference.json does not describe a torch network.")
     return network
@@ -79,11 +101,57 @@ def _instantiate(node: Any, root: Mapping[str, Any], path: str, depth: int = 0) 
             for k, v in node.items()
             if k not in ("_target_",) and k not in _HARMLESS_KEYS
         }
+        for name, value in kwargs.items():
+            _refuse_fetching(name, value, f"{path}#{name}")
         try:
             return cls(**kwargs)
+        except XAIModelError:
+            raise
         except Exception as error:
             raise XAIModelError(f"inference.json: could not build {target} at '{path}' ({error}).") from None
     return node
+
+
+def _refuse_fetching(name: str, value: Any, path: str) -> None:
+    """Refuse an argument that would make the network fetch or read something at build time."""
+    asks_to_fetch = _FETCHING_ARGUMENT.search(name) and value not in (None, False, "", 0)
+    names_a_place = any(isinstance(v, str) and _PLACE_VALUE.search(v) for v in _leaves(value))
+    if asks_to_fetch or names_a_place:
+        raise XAIModelError(
+            f"inference.json: '{path}' = {str(value)[:40]!r} would make the network fetch or read something when it "
+            f"is built; an untrusted bundle gets no network or file access — pass --trust-bundle if you trust it."
+        )
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+@contextmanager
+def _downloads_disabled() -> Iterator[None]:
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise XAIModelError(
+            "The bundle's network tried to download something while it was built; an untrusted bundle gets no "
+            "network access — pass --trust-bundle if you trust it."
+        )
+
+    with ExitStack() as stack:
+        for module_name, module in list(sys.modules.items()):
+            if module is None or not module_name.startswith(_DOWNLOAD_MODULES):
+                continue
+            for name in _DOWNLOAD_FUNCTIONS & set(vars(module)):
+                if callable(vars(module)[name]) and (name != "load" or module_name == "torch.hub"):
+                    stack.enter_context(mock.patch.object(module, name, refuse))
+        stack.enter_context(mock.patch.object(socket.socket, "connect", refuse))
+        stack.enter_context(mock.patch.object(socket.socket, "connect_ex", refuse))
+        yield
 
 
 def _allowed_class(target: Any, path: str) -> type:
