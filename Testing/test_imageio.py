@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from conftest import make_image, rotation
 
 from XAIExplainLib.errors import XAIInputError
-from XAIExplainLib.imageio import read_image, staged_output_dir, validate_image
+from XAIExplainLib.imageio import check_output_location, read_image, staged_output_dir, validate_image
 
 
 def _write_dicom_series(image: sitk.Image, folder) -> None:
@@ -46,7 +46,7 @@ def test_dicom_series_folder_is_read_with_its_geometry(tmp_path):
     np.testing.assert_allclose(read.GetSpacing(), image.GetSpacing(), atol=1e-4)
     np.testing.assert_allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(read.GetDirection(), image.GetDirection(), atol=1e-4)
-    assert read.GetPixelID() == sitk.sitkFloat32
+    assert read.GetPixelID() == sitk.sitkInt16  # the stored type is kept (no full-size float copy)
 
 
 def test_a_4d_file_with_one_volume_is_that_volume(tmp_path):
@@ -76,4 +76,21 @@ def test_staged_output_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with staged_output_dir(out) as staging:
         (staging / "result.json").write_text("{}", encoding="utf-8")
-    assert [p.name for p in out.iterdir()] == ["result.json"]
+        (staging / "uncertainty.nii.gz").write_bytes(b"first run")
+    assert sorted(p.name for p in out.iterdir()) == [".slicer-xai-results", "result.json", "uncertainty.nii.gz"]
+    # A second run into the same folder replaces it whole: no file of the first run survives.
+    with staged_output_dir(out) as staging:
+        (staging / "result.json").write_text("{}", encoding="utf-8")
+    assert sorted(p.name for p in out.iterdir()) == [".slicer-xai-results", "result.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_an_output_folder_of_other_files_is_refused_before_work(tmp_path):
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("mine", encoding="utf-8")
+    with pytest.raises(XAIInputError, match="not slicer-xai results"):
+        check_output_location(folder)
+    with pytest.raises(XAIInputError, match="Cannot write to /proc"):
+        check_output_location("/proc/slicer-xai-results")  # not writable, even for root
+    assert (folder / "thesis.tex").read_text(encoding="utf-8") == "mine"

@@ -260,7 +260,7 @@ def test_cli_robustness_sanity_faithfulness_write_json_csv_png(case_file, classi
                  "--max-steps", "2", "--out", str(out)]) == 0
     report = json.loads((out / "sanity.json").read_text(encoding="utf-8"))
     assert set(report["sanity"]["methods"]) == {"gradcam", "gradient"} and "passed" in report["sanity"]
-    assert sorted(p.name for p in out.iterdir()) == ["sanity.csv", "sanity.json", "sanity.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["sanity.csv", "sanity.json", "sanity.png"]
 
     out = tmp_path / "faithfulness"
     assert main(["faithfulness", str(case_file), "--model", str(classifier_bundle), "--steps", "4", "--random", "1",

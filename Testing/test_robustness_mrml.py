@@ -67,7 +67,7 @@ def module(monkeypatch):
 def parameters(module, classifier_bundle):
     scene = slicer.vtkMRMLScene()
     inputNode = mrml.imageToVolumeNode(scene, make_image(blob_index=(25, 18, 16)), "case1")
-    return types.SimpleNamespace(inputVolume=inputNode, model=str(classifier_bundle), method=module.ExplanationMethod.GRADCAM,
+    return types.SimpleNamespace(inputVolume=inputNode, model=str(classifier_bundle), trustModel=False, method=module.ExplanationMethod.GRADCAM,
                                  perturbation=module.Perturbation.GAUSSIAN_NOISE, maxSeverity=2, opacity=0.5,
                                  threshold=0.2, outputTable=None, outputPerturbed=None,
                                  scene=scene)  # the scene must outlive the test: nodes hold it weakly

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -20,6 +21,11 @@ from .errors import XAICancelled, XAIError, XAIInputError
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 EXIT_CANCELLED = 130
+EXIT_TERMINATED = 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` (staging folders) runs."""
 
 _METHOD_CHOICES = ("gradcam", "gradcampp", "gradient", "smoothgrad", "ig", "occlusion")
 _UNCERTAINTY_CHOICES = ("none", "mc-dropout", "tta", "ensemble")
@@ -149,8 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.handler(args) or 0)
+    except _Terminated:
+        print("slicer-xai: terminated; no results were kept.", file=sys.stderr)
+        return EXIT_TERMINATED
     except XAICancelled as error:
         print(f"slicer-xai: {error}", file=sys.stderr)
         return EXIT_CANCELLED
@@ -163,26 +173,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MemoryError:
         print("slicer-xai: error: out of memory; try a smaller image or fewer samples.", file=sys.stderr)
         return EXIT_USAGE
+    except RecursionError:
+        print("slicer-xai: error: the input nests too deeply to be read.", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as error:  # a bug of ours: still one line, the traceback on request
         if args.debug:
             traceback.print_exc()
         print(f"slicer-xai: internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
               f" (run with --debug for details)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise _Terminated()
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .imageio import read_image, staged_output_dir, write_image
+    from .imageio import check_output_location, read_image, read_mask, staged_output_dir, write_image
     from .models import load_model
     from .pipeline import explain_image
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise XAIInputError(f"--out {out} exists and is not a folder.")
+    out = check_output_location(args.out)  # before any work: an unwritable --out is found at once
     if args.samples < 2:
         raise XAIInputError("--samples must be at least 2.")
     image = read_image(args.input)
-    target_mask = read_image(args.target_mask) if args.target_mask else None
+    target_mask = read_mask(args.target_mask) if args.target_mask else None
     model = load_model(args.model, trust_bundle=args.trust_bundle)
     ensemble = [load_model(name, trust_bundle=args.trust_bundle) for name in args.ensemble_model]
     # Each option reaches only the method it belongs to.
@@ -296,8 +313,10 @@ def _report(args: argparse.Namespace) -> int:
     from .report import build_report, write_report
     from .tasks import get_task
 
-    out = Path(args.out)
-    if out.is_dir() or out.suffix.lower() not in (".html", ".htm"):
+    from .imageio import check_output_location
+
+    out = check_output_location(args.out, folder=False)
+    if out.suffix.lower() not in (".html", ".htm"):
         raise XAIInputError(f"--out {out} must be an .html file.")
     if args.samples < 2:
         raise XAIInputError("--samples must be at least 2.")

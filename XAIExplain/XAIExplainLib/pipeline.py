@@ -108,7 +108,7 @@ def prepare_case(image: sitk.Image, model: LoadedModel) -> PreparedCase:
             f"is a single volume: pick a model made for one input volume."
         )
     grid = model_grid(image, model.spec.input)
-    array = normalise_intensity(to_model_grid(sitk.Cast(image, sitk.sitkFloat32), grid), model.spec.intensity)
+    array = normalise_intensity(to_model_grid(image, grid), model.spec.intensity)
     return PreparedCase(image=image, grid=grid, inputs=torch.from_numpy(array)[None, None])
 
 

@@ -102,12 +102,10 @@ def _severities(text: str) -> tuple[float, ...]:
 
 
 def _load(args: argparse.Namespace):
-    from XAIExplainLib.imageio import read_image
+    from XAIExplainLib.imageio import check_output_location, read_image
     from XAIExplainLib.models import load_model
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise XAIInputError(f"--out {out} exists and is not a folder.")
+    out = check_output_location(args.out)
     image = read_image(args.input)
     model = load_model(args.model, trust_bundle=args.trust_bundle)
     return out, image, model
@@ -194,15 +192,13 @@ def _faithfulness(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from XAIExplainLib.imageio import staged_output_dir
+    from XAIExplainLib.imageio import check_output_location, staged_output_dir
     from XAIExplainLib.models import load_model
 
     from .bench import folder_cases, run_bench, synthetic_cases, write_bench
 
+    out = check_output_location(args.out)
     model = load_model(args.model, trust_bundle=args.trust_bundle)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise XAIInputError(f"--out {out} exists and is not a folder.")
     try:
         if args.cases:
             cases = folder_cases(Path(args.cases))
