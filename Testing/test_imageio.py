@@ -94,3 +94,57 @@ def test_an_output_folder_of_other_files_is_refused_before_work(tmp_path):
     with pytest.raises(XAIInputError, match="Cannot write to /proc"):
         check_output_location("/proc/slicer-xai-results")  # not writable, even for root
     assert (folder / "thesis.tex").read_text(encoding="utf-8") == "mine"
+
+
+def _series_with(tmp_path, edit) -> Path:
+    image = make_image(size=(16, 14, 8), spacing=(0.8, 0.8, 2.5))
+    folder = tmp_path / "series"
+    _write_dicom_series(image, folder)
+    edit(sorted(folder.iterdir()))
+    return folder
+
+
+def _retag(path, tag: str, value: str) -> None:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.LoadPrivateTagsOn()
+    image = reader.Execute()
+    for key in reader.GetMetaDataKeys():
+        image.SetMetaData(key, reader.GetMetaData(key))
+    image.SetMetaData(tag, value)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(image)
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    folder = _series_with(tmp_path, lambda files: files[3].unlink())
+    with pytest.raises(XAIInputError, match="unevenly spaced"):
+        read_image(folder)
+
+
+def test_a_dicom_series_with_a_duplicated_slice_is_refused(tmp_path):
+    folder = _series_with(tmp_path, lambda files: _retag(files[4], "0020|0032", _position(files[3])))
+    with pytest.raises(XAIInputError, match="same position"):
+        read_image(folder)
+
+
+def test_a_dicom_series_of_mixed_orientations_is_refused(tmp_path):
+    folder = _series_with(tmp_path, lambda files: _retag(files[2], "0020|0037", "1\\0\\0\\0\\0\\1"))
+    with pytest.raises(XAIInputError, match="different orientations"):
+        read_image(folder)
+
+
+def _position(path) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader.GetMetaData("0020|0032")
+
+
+def test_voxels_keep_their_stored_type(tmp_path):
+    """A uint8 volume stays one byte per voxel when read (no full-size float32 copy)."""
+    image = sitk.Cast(make_image(size=(20, 20, 20)) > 50, sitk.sitkUInt8) * 3
+    sitk.WriteImage(image, str(tmp_path / "bytes.nii.gz"))
+    assert read_image(tmp_path / "bytes.nii.gz").GetPixelID() == sitk.sitkUInt8

@@ -90,3 +90,30 @@ def test_progress_is_reported_and_cancel_stops_the_run(classifier_bundle, image)
     with pytest.raises(XAICancelled):
         explain_image(image, load_model(classifier_bundle), method="occlusion", method_params={"window": 6},
                       progress=cancel_midway, cancel=token)
+
+
+@pytest.mark.parametrize("scale", [1e30, 3e38 / 300])
+def test_huge_but_representable_intensities_give_the_same_answer(classifier_bundle, image, scale):
+    """Normalisation is in float64: values near the float32 limit used to overflow the mean and standard
+    deviation into NaN probabilities (exit 0); z-scored, a rescaled image is the same image."""
+    model = load_model(classifier_bundle)
+    scaled = sitk.Cast(image, sitk.sitkFloat64) * scale
+    if scale * 300 < 3.4e38:
+        scaled = sitk.Cast(scaled, sitk.sitkFloat32)
+    reference = explain_image(image, model, method="gradient").prediction
+    result = explain_image(scaled, model, method="gradient").prediction
+    values = np.array(list(result["probabilities"].values()))
+    assert np.all(np.isfinite(values))
+    np.testing.assert_allclose(values, list(reference["probabilities"].values()), atol=1e-3)
+
+
+def test_values_float32_cannot_hold_are_refused(classifier_bundle, image):
+    huge = sitk.Cast(image, sitk.sitkFloat64) * 1e300
+    with pytest.raises(XAIInputError, match="beyond what 32-bit floats hold"):
+        explain_image(huge, load_model(classifier_bundle), method="gradient")
+
+
+def test_a_grid_far_larger_than_the_model_can_take_is_refused(segmenter_bundle):
+    wide = make_image(size=(8, 8, 8), spacing=(300.0, 300.0, 300.0))
+    with pytest.raises(XAIInputError, match="M voxels; the limit is 64 M"):
+        explain_image(wide, load_model(segmenter_bundle), method="gradient")

@@ -90,3 +90,93 @@ def test_a_run_then_a_new_case_leaves_no_result_nodes(classifier_bundle, tmp_pat
     assert _case_nodes(scene) == just_the_case
     assert session.result is None and session.facts is None
     assert session.compute(session.input_image(), settings)[0].reused == ()  # a new case: computed afresh
+
+
+def _zip_bytes(members: dict, **options) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", **options) as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _lying_zip(real_size: int) -> bytes:
+    """A zip whose directory says 10 bytes for a member that inflates to ``real_size``."""
+    data = bytearray(_zip_bytes({"a.dcm": bytes(real_size)}, compression=zipfile.ZIP_DEFLATED))
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.find(signature)
+        data[at + offset:at + offset + 4] = (10).to_bytes(4, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("content, message", [
+    (_zip_bytes({"a.dcm": b"x"})[:-30], "not a readable zip"),
+    (b"PK\x03\x04" + b"\0" * 200, "not a readable zip"),
+    ("text, not bytes", "did not arrive as a file"),
+    ([1, 2, 3], "did not arrive as a file"),
+    (None, "did not arrive as a file"),
+])
+def test_broken_uploads_get_one_clear_message(content, message):
+    session = ViewerSession(slicer.vtkMRMLScene())
+    with pytest.raises(XAIInputError, match=message):
+        session.read_upload("series.zip", content)
+
+
+def test_zip_bombs_stop_at_the_limit(monkeypatch):
+    """What is written is counted as it is inflated, a block at a time: neither a zip that declares its
+    true size nor one that lies about it gets past the limit (nor is ever held in memory whole)."""
+    import XAIViewer.session as module
+
+    monkeypatch.setattr(module, "MAX_UPLOAD_BYTES", 4 << 20)
+    honest = _zip_bytes({f"{i}.dcm": bytes(1 << 20) for i in range(6)}, compression=zipfile.ZIP_DEFLATED)
+    with pytest.raises(XAIInputError, match="unpacks to more than 4 MB"):
+        ViewerSession.read_upload("bomb.zip", honest)
+    with pytest.raises(XAIInputError, match="not a readable zip"):
+        ViewerSession.read_upload("liar.zip", _lying_zip(16 << 20))
+
+
+def test_an_encrypted_zip_is_refused():
+    data = bytearray(_zip_bytes({"a.dcm": b"secret"}))
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # set the "encrypted" flag bit
+        at = data.find(signature)
+        data[at + offset] |= 0x1
+    with pytest.raises(XAIInputError, match="encrypted"):
+        ViewerSession.read_upload("locked.zip", bytes(data))
+
+
+def test_an_upload_may_not_name_another_file_for_its_voxels():
+    header = (b"NRRD0004\ntype: float\ndimension: 3\nsizes: 8 8 8\nencoding: raw\nendian: little\n"
+              b"data file: /etc/hostname\n\n")
+    with pytest.raises(XAIInputError, match="keeps its voxels in another file"):
+        ViewerSession.read_upload("scan.nrrd", header)
+
+
+def test_upload_messages_name_the_upload_not_a_temporary_folder():
+    with pytest.raises(XAIInputError) as refused:
+        ViewerSession.read_upload("../../My Scan.zip", _zip_bytes({"a.txt": b"not dicom"}))
+    assert "My_Scan.zip" in str(refused.value) and "slicer-xai-upload" not in str(refused.value)
+    assert "/tmp" not in str(refused.value)
+
+
+def test_the_browser_can_only_ask_for_offered_models(classifier_bundle):
+    session = ViewerSession(slicer.vtkMRMLScene(), allowed_models={"brain-lesion-classifier"})
+    for asked in (str(classifier_bundle), "/etc", "../Models/brain-lesion-classifier"):
+        with pytest.raises(XAIInputError, match="not one this viewer offers") as refused:
+            session.model(asked)
+        assert asked not in str(refused.value)  # nothing said about whether that path exists
+    assert session.model("brain-lesion-classifier").spec.task == "classification"
+
+
+def test_state_guard_lets_the_browser_change_only_offered_choices():
+    from XAIViewer.security import StateGuard, number_in, one_of
+
+    offered = [{"title": "Demo", "value": "demo"}]
+    guard = StateGuard({"model", "opacity", "running", "report_href"},
+                       {"model": one_of(lambda: offered), "opacity": number_in(0, 1)})
+    changes = [{"key": "model", "value": "demo"}, {"key": "model", "value": "/etc/passwd"},
+               {"key": "opacity", "value": 0.3}, {"key": "opacity", "value": float("nan")},
+               {"key": "opacity", "value": "0.3"}, {"key": "running", "value": False},
+               {"key": "report_href", "value": "javascript:alert(1)"}, {"key": "trame__busy", "value": 1},
+               "not a change", {"key": ["model"]}]
+    assert guard.filter(changes) == [{"key": "model", "value": "demo"}, {"key": "opacity", "value": 0.3},
+                                     {"key": "trame__busy", "value": 1}]

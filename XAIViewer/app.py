@@ -22,6 +22,7 @@ from XAIExplainLib.models import list_bundled_models, read_model_spec, resolve_m
 from XAIExplainLib.tasks import load_catalogue, methods_for_task, models_for_task
 from XAIExplainLib.progress import CancelToken
 
+from .security import StateGuard, limit_websocket_messages, number_in, one_of
 from .session import MAX_UPLOAD_BYTES, RunSettings, ViewerSession, sample_cases
 from .ui import build_ui
 
@@ -40,7 +41,10 @@ _UNCERTAINTY_CHOICES = [
 class XAIViewerApp:
     """One trame server, one Slicer scene and the XAIExplain workflow on it."""
 
-    def __init__(self, server: Any = None, case: Optional[str] = None, model: Optional[str] = None) -> None:
+    def __init__(self, server: Any = None, case: Optional[str] = None, model: Optional[str] = None,
+                 trust_model: bool = False) -> None:
+        # An upload is the largest message a browser sends (plus msgpack framing).
+        limit_websocket_messages(MAX_UPLOAD_BYTES + 2**20)
         self.server = get_server(server, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.state, self.ctrl = self.server.state, self.server.controller
@@ -49,12 +53,15 @@ class XAIViewerApp:
         self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(DEFAULT_LAYOUT)
-        self.session = ViewerSession(self.slicer.scene)
+        self.session = ViewerSession(self.slicer.scene, trusted_model=model if trust_model else None)
         self._cancel: Optional[CancelToken] = None
+        self._busy = False
         self._initial_case = case
         self._initial_model = model
 
         self._init_state()
+        self.session.allowed_models = {m["value"] for m in self.state.models} | ({model} if model else set())
+        self._guard_state()
         self.ui = build_ui(self)
         self.ctrl.on_server_ready.add(self._on_ready)
         self.state.change("opacity")(self._on_opacity)
@@ -72,7 +79,9 @@ class XAIViewerApp:
         cases = sample_cases()
         self.state.update({
             "trame__title": "SlicerXAI",
-            "models": [{"title": m.get("title", m["name"]), "value": m["name"]} for m in models],
+            "models": [{"title": m.get("title", m["name"]), "value": m["name"]} for m in models]
+            + ([{"title": _model_title(self._initial_model), "value": self._initial_model}]
+               if self._initial_model and self._initial_model not in [m["name"] for m in models] else []),
             "model": self._initial_model or (cases[0]["model"] if cases and cases[0]["model"] else (models[0]["name"] if models else None)),
             "methods": [{"title": cls.title, "value": key} for key, cls in EXPLAINERS.items()],
             "method": "gradcam",
@@ -107,6 +116,27 @@ class XAIViewerApp:
             "report_href": "",
             "report_name": "",
         })
+
+    def _guard_state(self) -> None:
+        """The browser may change only the panel's choices, and only to what the panel offers."""
+        state = self.state
+        checks = {
+            "model": one_of(lambda: state.models),
+            "method": one_of(lambda: state.methods),
+            "uncertainty": one_of(lambda: state.uncertainty_choices),
+            "case_name": lambda value: value is None or one_of(lambda: state.cases)(value),
+            "task": lambda value: value is None or one_of(lambda: state.tasks)(value),
+            "audience": one_of(lambda: state.audiences),
+            "panel": one_of(lambda: ["explain", "robustness", "checks"]),
+            "opacity": number_in(0.0, 1.0),
+            "threshold": number_in(0.0, 0.95),
+            "plot_dialog": lambda value: isinstance(value, bool),
+            "plot_src": lambda value: value == "" or value in [state[f"{k}_png"] for k in _CHECK_KINDS],
+            # The page's own upload guard writes this one message (see ui._UPLOAD_GUARD).
+            "error": lambda value: isinstance(value, str) and len(value) < 120
+            and value.startswith("This file is larger than "),
+        }
+        StateGuard(set(self.state.to_dict()), checks).install(self.server)
 
     def _default_task(self) -> Optional[str]:
         try:
@@ -146,16 +176,18 @@ class XAIViewerApp:
 
         self._guarded(load)
 
-    def on_upload(self, upload: Optional[dict]) -> None:
-        """A file from the browser (trame sends name, size and content)."""
-        if not upload:
-            return
+    def on_upload(self, upload: Any = None) -> None:
+        """A file from the browser (trame sends name, size and content): read and checked in a worker
+        thread, so that a large or hostile upload never blocks the other users of the page."""
         if isinstance(upload, list):
             upload = upload[0] if upload else None
-        content = upload.get("content") or b""
-        if isinstance(content, list):  # large files arrive in chunks
-            content = b"".join(content)
-        self._guarded(lambda: self._show_case(self.session.load_upload(upload.get("name", "upload"), content)))
+        if not isinstance(upload, dict):
+            with self.state:
+                self.state.error = "The upload did not arrive as a file; choose the file again."
+            return
+        name, content = upload.get("name"), upload.get("content")
+        self._start(lambda _image, progress, cancel: self.session.read_upload(name, content),
+                    lambda outcome: self._show_case(self.session.show_image(*outcome)), needs_case=False)
 
     def _show_case(self, node: Any, has_reference: bool = False) -> None:
         self.slicer.display_manager.show_volume(node, do_reset_views=True)
@@ -198,19 +230,20 @@ class XAIViewerApp:
             with self.state:
                 self.state.progress_text = "Cancelling…"
 
-    def _start(self, work, done) -> None:
-        if self.state.running:
+    def _start(self, work, done, needs_case: bool = True) -> None:
+        if self._busy:  # the server's own flag: the browser's copy of "running" is not trusted
             return
-        asynchronous.create_task(self._background(work, done))
+        self._busy = True
+        asynchronous.create_task(self._background(work, done, needs_case))
 
-    async def _background(self, work, done) -> None:
+    async def _background(self, work, done, needs_case: bool = True) -> None:
         loop = asyncio.get_running_loop()
         self._cancel = token = CancelToken()
         with self.state:
             self.state.running, self.state.progress, self.state.error = True, 0, ""
             self.state.progress_text = "Starting…"
         try:
-            image = self.session.input_image()  # scene access stays on this thread
+            image = self.session.input_image() if needs_case else None  # scene access stays on this thread
 
             def progress(fraction: float, message: str) -> None:
                 loop.call_soon_threadsafe(self._set_progress, fraction, message)
@@ -226,10 +259,11 @@ class XAIViewerApp:
                 self.state.error = str(error)
         except Exception as error:  # keep the server alive for every other user of the page
             logger.exception("background work failed")
-            with self.state:
-                self.state.error = f"Unexpected error: {type(error).__name__}: {error}"
+            with self.state:  # the details (paths among them) stay in the server's log
+                self.state.error = f"Unexpected error ({type(error).__name__}); the server's log has the details."
         finally:
             self._cancel = None
+            self._busy = False
             with self.state:
                 self.state.running = False
                 self.state.progress_text = ""
@@ -259,7 +293,7 @@ class XAIViewerApp:
     def _forget_checks(self, **_: Any) -> None:
         """Checks belong to one model and method: a new choice starts without them."""
         self.session.checks.clear()
-        for kind in ("robustness", "sanity", "faithfulness"):
+        for kind in _CHECK_KINDS:
             self.state[f"{kind}_png"], self.state[f"{kind}_lines"] = "", []
 
     def _show_summary(self, audience: str, **_: Any) -> None:
@@ -311,6 +345,15 @@ class XAIViewerApp:
         except XAIError as error:
             with self.state:
                 self.state.error = str(error)
+
+
+_CHECK_KINDS = ("robustness", "sanity", "faithfulness")
+
+
+def _model_title(model: str) -> str:
+    from pathlib import Path
+
+    return Path(model.rstrip("/\\")).name
 
 
 def _mask_beside(path: str) -> Optional[str]:

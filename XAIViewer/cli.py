@@ -17,7 +17,10 @@ def add_viewer_command(commands: Any) -> None:
     viewer.add_argument("--model", help="bundled model name or bundle folder (default: the demo case's model)")
     viewer.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     viewer.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    viewer.add_argument("--token", help="access token required on non-local addresses (default: a new random one)")
+    viewer.add_argument("--token", help="access token every browser must bring, on every address (default: a new "
+                                        "random one; the SLICER_XAI_TOKEN environment variable also sets it)")
+    viewer.add_argument("--trust-bundle", action="store_true",
+                        help="allow --model's own code to run (TorchScript, bundle expressions): only for a model you trust")
     viewer.add_argument("--classroom", choices=("presenter", "per-student"), default="presenter",
                         help="presenter: everyone connected shares one scene and follows it (default); "
                              "per-student: each browser gets its own viewer process and scene")
@@ -28,7 +31,9 @@ def add_viewer_command(commands: Any) -> None:
 
 
 def run_viewer(args: argparse.Namespace) -> int:
-    from .security import install_token_check, is_loopback, new_token
+    import os
+
+    from .security import TOKEN_ENV, install_token_check, new_token
 
     if args.input:
         from XAIExplainLib.imageio import read_image
@@ -40,20 +45,19 @@ def run_viewer(args: argparse.Namespace) -> int:
         read_model_spec(resolve_model_path(args.model))
     port = args.port or free_port(args.host)
     _check_port_free(args.host, port)
-    token = None if is_loopback(args.host) else (args.token or new_token())
-    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{port}/"
-    url += f"?token={token}" if token else ""
+    # A token on every address, loopback included: any web page the user visits can reach 127.0.0.1.
+    token = args.token or os.environ.pop(TOKEN_ENV, None) or new_token()
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{port}/?token={token}"
     if args.classroom == "per-student":
         from .launcher import Launcher, run_launcher
 
-        run_launcher(Launcher(args.host, args.input, args.model, token, args.max_sessions, args.idle_timeout or 300),
-                     port, url)
+        run_launcher(Launcher(args.host, args.input, args.model, token, args.max_sessions, args.idle_timeout or 300,
+                              args.trust_bundle), port, url)
         return 0
     from .app import XAIViewerApp
 
-    app = XAIViewerApp(case=args.input, model=args.model)
-    if token:
-        install_token_check(app.server, token)
+    app = XAIViewerApp(case=args.input, model=args.model, trust_model=args.trust_bundle)
+    install_token_check(app.server, token)
     app.ctrl.on_server_ready.add(lambda **_: print(f"SlicerXAI viewer: open {url}  (Ctrl+C to stop)", flush=True))
     app.server.start(host=args.host, port=port, open_browser=False, show_connection_info=False,
                      timeout=args.idle_timeout)

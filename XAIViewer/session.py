@@ -27,9 +27,11 @@ from .checks import TrustChecks
 
 __all__ = ["RunSettings", "ViewerSession", "sample_cases", "MAX_UPLOAD_BYTES", "UPLOAD_SUFFIXES"]
 
-#: Uploads above this size are refused before they are written anywhere.
+#: Uploads above this size are refused before they are written anywhere; a zip may not unpack to more.
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".zip")
+#: Most files a zipped DICOM series may hold.
+MAX_ZIP_MEMBERS = 5000
 
 
 @dataclass
@@ -58,6 +60,10 @@ class ViewerSession:
     nodes: Optional[mrml.ExplanationNodes] = None
     #: The case's forward pass, activations and maps, reused when only the method or the target changes.
     cache: CaseCache = field(default_factory=CaseCache)
+    #: The model names the panel offers; a browser can ask for no other (and never for a path).
+    allowed_models: Optional[set] = None
+    #: The one model the person who started the viewer trusts to run its own code (``--trust-bundle``).
+    trusted_model: Optional[str] = None
     _models: dict = field(default_factory=dict)
 
     # --- case ---
@@ -65,8 +71,12 @@ class ViewerSession:
     def load_case(self, path: str | os.PathLike, name: Optional[str] = None) -> object:
         """Read and validate ``path`` (engine rules), then replace the scene's case with it."""
         image = read_image(path)  # raises XAIInputError with one sentence for a bad file
+        return self.show_image(image, name or _case_name(Path(path)))
+
+    def show_image(self, image, name: str) -> object:
+        """Replace the scene's case with ``image`` (already read and validated); on the scene's thread."""
         self.clear()
-        self.case_name = name or _case_name(Path(path))
+        self.case_name = name
         self.input_node = mrml.imageToVolumeNode(self.scene, image, self.case_name)
         self.input_node.CreateDefaultDisplayNodes()
         return self.input_node
@@ -77,23 +87,36 @@ class ViewerSession:
         mrml.showReferenceSegmentation(self.scene, self.input_node, self.reference_mask)
 
     def load_upload(self, filename: str, content: bytes) -> object:
-        """Validate an uploaded file's name and size, then load it like any case."""
-        lowered = filename.lower()
-        if not lowered.endswith(UPLOAD_SUFFIXES):
-            raise XAIInputError(f"{filename}: unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD, MetaImage (.mha) "
-                                f"or a DICOM series as a .zip.")
-        if len(content) > MAX_UPLOAD_BYTES:
-            raise XAIInputError(f"{filename} is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
-        if not content:
-            raise XAIInputError(f"{filename} is empty.")
+        """Validate an uploaded file, then load it like any case (:meth:`read_upload` + :meth:`show_image`)."""
+        return self.show_image(*self.read_upload(filename, content))
+
+    @staticmethod
+    def read_upload(filename: object, content: object) -> tuple:
+        """Check and read a file a browser sent: ``(image, case name)``. No scene access (worker thread).
+
+        Only single-file images (no detached headers) and zipped DICOM series are taken; messages name the
+        upload by its own name, never by the temporary folder it is read from.
+        """
+        if isinstance(content, list) and all(isinstance(c, (bytes, bytearray)) for c in content):
+            content = b"".join(content)  # large files arrive in chunks
+        if not isinstance(filename, str) or not isinstance(content, (bytes, bytearray)):
+            raise XAIInputError("The upload did not arrive as a file; choose the file again.")
         # Only the base name, made of safe characters, is kept: it names the case and the error messages.
-        safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename).name) or "upload.nii.gz"
+        safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename.replace("\\", "/")).name)[:120] or "upload"
+        lowered = safe_name.lower()
+        if not lowered.endswith(UPLOAD_SUFFIXES):
+            raise XAIInputError(f"{safe_name}: unsupported file type; upload NIfTI (.nii, .nii.gz), NRRD, MetaImage "
+                                f"(.mha) or a DICOM series as a .zip.")
+        if len(content) > MAX_UPLOAD_BYTES:
+            raise XAIInputError(f"{safe_name} is {len(content) / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
+        if not content:
+            raise XAIInputError(f"{safe_name} is empty.")
         with tempfile.TemporaryDirectory(prefix="slicer-xai-upload-") as folder:
             path = Path(folder) / safe_name
             path.write_bytes(content)
             if lowered.endswith(".zip"):  # a DICOM series, zipped by the browser user
-                path = _unzip_series(path, Path(folder) / "series")
-            return self.load_case(path, name=_case_name(Path(safe_name)))
+                path = _unzip_series(path, Path(folder) / "series", safe_name)
+            return read_image(path, name=safe_name, allow_detached=False), _case_name(Path(safe_name))
 
     def clear(self) -> None:
         """Remove the case and every result node made for it."""
@@ -110,8 +133,11 @@ class ViewerSession:
     # --- model and run ---
 
     def model(self, name: str) -> LoadedModel:
+        """A model the panel offers, loaded once (its own code runs only if it is the trusted one)."""
+        if self.allowed_models is not None and name not in self.allowed_models:
+            raise XAIInputError("That model is not one this viewer offers; pick one from the list.")
         if name not in self._models:
-            self._models[name] = load_model(name)
+            self._models[name] = load_model(name, trust_bundle=name == self.trusted_model)
         return self._models[name]
 
     def input_image(self):
@@ -241,22 +267,34 @@ def sample_cases() -> list[dict]:
     return cases
 
 
-def _unzip_series(archive: Path, folder: Path) -> Path:
-    """Extract a zipped DICOM series safely: no paths outside ``folder``, no more than the upload limit."""
+def _unzip_series(archive: Path, folder: Path, name: str) -> Path:
+    """Extract a zipped DICOM series safely: names inside the archive are never used as paths, and what is
+    written is counted as it is decompressed (the sizes a zip declares may lie), never above the limit."""
     import zipfile
 
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = [m for m in bundle.infolist() if not m.is_dir()]
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise XAIInputError(f"{name} holds {len(members)} files; a DICOM series zip may hold {MAX_ZIP_MEMBERS}.")
+            if any(m.flag_bits & 0x1 for m in members):
+                raise XAIInputError(f"{name} is encrypted; upload an unencrypted zip.")
             if sum(m.file_size for m in members) > MAX_UPLOAD_BYTES:
-                raise XAIInputError(f"{archive.name} unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB.")
+                raise XAIInputError(f"{name} unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB.")
             folder.mkdir()
+            written = 0
             for index, member in enumerate(members):
-                # Flatten every entry to a numbered file: names inside the archive are never used as paths.
+                # Flatten every entry to a numbered file.
                 with bundle.open(member) as source, open(folder / f"{index:06d}.dcm", "wb") as target:
-                    target.write(source.read())
-    except zipfile.BadZipFile:
-        raise XAIInputError(f"{archive.name} is not a readable zip archive.") from None
+                    while block := source.read(1 << 20):
+                        written += len(block)
+                        if written > MAX_UPLOAD_BYTES:
+                            raise XAIInputError(f"{name} unpacks to more than {MAX_UPLOAD_BYTES // 2**20} MB.")
+                        target.write(block)
+    except NotImplementedError:  # e.g. deflate64, bzip2 of an old variant, or another unsupported method
+        raise XAIInputError(f"{name} uses a compression method that cannot be read; re-zip it (plain deflate).") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, ValueError):
+        raise XAIInputError(f"{name} is not a readable zip archive (corrupt or truncated).") from None
     return folder
 
 
