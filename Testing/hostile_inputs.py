@@ -287,18 +287,18 @@ class _FileWritingModule(torch.nn.Module):
         torch.save(torch.zeros(1), self.path)
 
 
-def hostile_torchscript(place: Place, marker: Path) -> Path:
-    """A TorchScript model that writes ``marker`` when deserialised, with a valid card as extra file."""
-    metadata = json.loads((place.classifier / "configs" / "metadata.json").read_text(encoding="utf-8"))
+def hostile_torchscript(folder: Path, bundle: Path, marker: Path) -> Path:
+    """A TorchScript model that writes ``marker`` when deserialised, with ``bundle``'s card as extra file."""
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     metadata["xai"].pop("weights_sha256", None)
-    path = place.folder / "hostile.ts"
+    path = folder / "hostile.ts"
     torch.jit.save(torch.jit.script(_FileWritingModule(str(marker))), str(path),
                    _extra_files={"metadata.json": json.dumps(metadata)})
     return path
 
 
 def torchscript_untrusted(place: Place) -> list[str]:
-    return explain(place, place.good_case, hostile_torchscript(place, place.folder / "ran"))
+    return explain(place, place.good_case, hostile_torchscript(place.folder, place.classifier, place.folder / "ran"))
 
 
 def out_not_writable(place: Place) -> list[str]:

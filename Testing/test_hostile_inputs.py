@@ -165,7 +165,7 @@ def test_hostile_input_is_refused_with_one_line(name, place, listener):
 
 def test_models_show_reads_a_torchscript_card_without_running_it(place):
     marker = place.folder / "ran"
-    outcome = run_cli(["models", "show", str(hostile_torchscript(place, marker)), "--json"], place)
+    outcome = run_cli(["models", "show", str(hostile_torchscript(place.folder, place.classifier, marker)), "--json"], place)
     assert outcome.returncode == 0, outcome.stderr
     assert json.loads(outcome.stdout)["task"] == "classification"
     assert not marker.exists(), "models show deserialised the TorchScript model (its code ran)"
@@ -187,7 +187,7 @@ def test_models_show_does_not_hash_a_weights_link_out_of_the_bundle(place):
 
 def test_trusting_a_torchscript_model_is_the_users_word(place):
     marker = place.folder / "ran"
-    model = hostile_torchscript(place, marker)
+    model = hostile_torchscript(place.folder, place.classifier, marker)
     outcome = run_cli(["explain", str(place.good_case), "--model", str(model), "--method", "gradient",
                        "--trust-bundle", "--out", str(place.out)], place)
     assert outcome.returncode == 0, outcome.stderr

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from conftest import CLASSIFIER_DEF, CLASSIFIER_XAI, build, make_image, write_bundle
+from hostile_inputs import hostile_torchscript
 
 from XAIExplainLib.errors import XAIModelError
 from XAIExplainLib.models import load_model, read_model_spec
@@ -147,29 +148,7 @@ def test_torchscript_card_is_read_without_running_its_code(classifier_bundle, tm
     """``models show`` reads the archive's extra/metadata.json as zip data: a ``__setstate__`` that would
     write a file when deserialised never runs."""
     marker = tmp_path / "ran"
-
-    class Hostile(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.path = str(marker)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-        @torch.jit.export
-        def __getstate__(self) -> tuple[str, bool]:
-            return (self.path, self.training)
-
-        @torch.jit.export
-        def __setstate__(self, state: tuple[str, bool]) -> None:
-            self.path = state[0]
-            self.training = state[1]
-            torch.save(torch.zeros(1), self.path)  # what a crafted model would do on load
-
-    metadata = json.loads((classifier_bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
-    metadata["xai"].pop("weights_sha256")
-    path = tmp_path / "hostile.ts"
-    torch.jit.save(torch.jit.script(Hostile()), str(path), _extra_files={"metadata.json": json.dumps(metadata)})
+    path = hostile_torchscript(tmp_path, classifier_bundle, marker)
     assert read_model_spec(path).task == "classification"
     with pytest.raises(XAIModelError, match="--trust-bundle"):
         load_model(path)

@@ -195,7 +195,7 @@ class XAIViewerApp:
             self.state.has_reference = has_reference
             self.state.error = ""
             self.state.report_href = ""
-            for kind in ("robustness", "sanity", "faithfulness"):
+            for kind in _CHECK_KINDS:
                 self.state[f"{kind}_png"], self.state[f"{kind}_lines"] = "", []
             self.state.prediction_text = ""
             self.state.summary_text = ""

@@ -95,7 +95,7 @@ def _read_volume(path: Path, name: str, allow_detached: bool) -> sitk.Image:
         except RuntimeError as error:
             raise _unreadable(path, name, _first_line(error)) from None
     _check_header(reader, name)
-    if name.lower().endswith((".nii", ".nii.gz")) or path.name.lower().endswith((".nii", ".nii.gz")):
+    if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_stored_values(path, name)
     image, reason = None, ""
     with _native_stderr_captured() as native_messages:
