@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 # The same case from the command line: maps and result.json in out/demo.
 explain-demo: $(STAMP)
-	$(VENV)/bin/slicer-xai explain Resources/SampleData/brain-lesion-case1.nii.gz --model brain-lesion-classifier \
+	$(VENV)/bin/slicer-xai explain XAIExplain/XAIExplainLib/Resources/SampleData/brain-lesion-case1.nii.gz --model brain-lesion-classifier \
 		--method gradcam --uncertainty tta --out out/demo
 
 # Browser tests drive Debian's chromium (playwright cannot download browsers here).
@@ -35,7 +35,7 @@ chromium:
 test: $(STAMP) chromium
 	$(PYTHON) -m pytest -q
 
-# The README's explanation-bench tables, and the task catalogue's evidence (Resources/Tasks/Bench), from
+# The README's explanation-bench tables, and the task catalogue's evidence (XAIExplain/XAIExplainLib/Resources/Tasks/Bench), from
 # the three demo models on freshly generated cases: every metric on 20 cases (about 42 minutes on 2 cores),
 # then the targets' metrics (pointing game, mass in the lesion, randomisation check) on 120 cases, whose
 # intervals are narrow enough to decide a 0.90 target (about 12 minutes); the latter is the evidence.
@@ -47,7 +47,7 @@ bench: $(STAMP)
 	@for model in $(BENCH_MODELS); do \
 	  $(VENV)/bin/slicer-xai bench --model $$model $(BENCH_ARGS) --out out/bench/$$model || exit 1; \
 	  $(VENV)/bin/slicer-xai bench --model $$model $(LOCALISATION_ARGS) --out out/bench-120/$$model || exit 1; \
-	  cp out/bench-120/$$model/bench.json Resources/Tasks/Bench/$$model.json; \
+	  cp out/bench-120/$$model/bench.json XAIExplain/XAIExplainLib/Resources/Tasks/Bench/$$model.json; \
 	done
 
 clean:

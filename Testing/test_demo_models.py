@@ -25,7 +25,8 @@ from XAIExplainLib.training.common import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "Resources" / "Models"
+RESOURCES = ROOT / "XAIExplain" / "XAIExplainLib" / "Resources"
+MODELS = RESOURCES / "Models"
 EVAL_SEED = 4242
 BUNDLES = {
     "brain-lesion-classifier": {"kind": "brain-mri", "task": "classification", "modality": "MR"},

@@ -14,8 +14,9 @@ import vtk  # noqa: E402
 from XAIExplainLib import mrml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_CASE = ROOT / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
-SAMPLE_MODEL = ROOT / "Resources" / "Models" / "brain-lesion-classifier"
+RESOURCES = ROOT / "XAIExplain" / "XAIExplainLib" / "Resources"
+SAMPLE_CASE = RESOURCES / "SampleData" / "brain-lesion-case1.nii.gz"
+SAMPLE_MODEL = RESOURCES / "Models" / "brain-lesion-classifier"
 
 # An oblique, anisotropic, left-handed-free grid: rotation about an oblique axis, odd origin.
 _ANGLE = np.deg2rad(23.0)

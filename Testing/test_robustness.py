@@ -14,7 +14,7 @@ import torch
 
 from conftest import make_image, rotation
 from robustness_nets import EmptyExplainer, RegionNet, SobelExplainer, with_network
-from XAIExplainLib.cli import main
+from XAICommandLine.main import main
 from XAIExplainLib.errors import XAICancelled, XAIInputError
 from XAIExplainLib.models import load_model
 from XAIExplainLib.preprocessing import model_grid, to_model_grid
@@ -26,8 +26,9 @@ from XAIRobustnessLib.sanity import randomisation_blocks, sanity_check
 from XAIRobustnessLib.sweep import perturbation_sweep, robustness_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CASE = ROOT / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
-DEMO_MODEL = ROOT / "Resources" / "Models" / "brain-lesion-classifier"
+RESOURCES = ROOT / "XAIExplain" / "XAIExplainLib" / "Resources"
+DEMO_CASE = RESOURCES / "SampleData" / "brain-lesion-case1.nii.gz"
+DEMO_MODEL = RESOURCES / "Models" / "brain-lesion-classifier"
 BLOB = (25, 18, 16)
 
 

@@ -20,7 +20,7 @@ from viewer_harness import (
     views_pixels,
 )
 
-DEMO_CASE = ROOT / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
+DEMO_CASE = ROOT / "XAIExplain" / "XAIExplainLib" / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
 DEMO_MODEL = "brain-lesion-classifier"
 #: Screenshots of each browser test, kept after the run for people to look at (out/ is not committed).
 SHOTS = ROOT / "out" / "test-screenshots"

@@ -11,7 +11,7 @@ import urllib.parse
 
 from viewer_harness import ROOT, free_port, viewer_process
 
-DEMO_CASE = ROOT / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
+DEMO_CASE = ROOT / "XAIExplain" / "XAIExplainLib" / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
 
 
 def _get(port: int, target: str, headers: dict | None = None) -> http.client.HTTPResponse:

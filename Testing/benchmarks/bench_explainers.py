@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+RESOURCES = ROOT / "XAIExplain" / "XAIExplainLib" / "Resources"
 sys.path[:0] = [str(ROOT / "XAIExplain")]
 
 import torch  # noqa: E402
@@ -167,8 +168,8 @@ def resnet_case(size: int) -> Case:
 
 
 def demo_case() -> Optional[Case]:
-    bundle = ROOT / "Resources" / "Models" / "brain-lesion-classifier"
-    sample = ROOT / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
+    bundle = RESOURCES / "Models" / "brain-lesion-classifier"
+    sample = RESOURCES / "SampleData" / "brain-lesion-case1.nii.gz"
     if not (bundle.is_dir() and sample.is_file()):
         return None
     import SimpleITK as sitk
@@ -299,7 +300,7 @@ def large_volume_rows(table: Table) -> None:
     from XAIExplainLib.models import load_model
     from XAIExplainLib.pipeline import explain_image
 
-    sample = sitk.ReadImage(str(ROOT / "Resources" / "SampleData" / "chest-nodule-case1.nii.gz"))
+    sample = sitk.ReadImage(str(RESOURCES / "SampleData" / "chest-nodule-case1.nii.gz"))
     size = (512, 512, 300)
     grid = sitk.Image(size, sitk.sitkInt16)
     grid.SetSpacing([n * s / m for n, s, m in zip(sample.GetSize(), sample.GetSpacing(), size)])

@@ -2,7 +2,7 @@
 the model modality's 8 perturbations × severities 1..5, Grad-CAM — on a demo model and sample case.
 
     python Testing/benchmarks/bench_robustness_sweep.py [--model brain-lesion-classifier]
-        [--case Resources/SampleData/brain-lesion-case1.nii.gz] [--threads 2] [--repeat 1]
+        [--case XAIExplain/XAIExplainLib/Resources/SampleData/brain-lesion-case1.nii.gz] [--threads 2] [--repeat 1]
 
 Prints the wall time of the sweep (model already loaded, as in the Slicer module) and its breakdown;
 the target is under 30 s on 2 CPU cores.
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+RESOURCES = ROOT / "XAIExplain" / "XAIExplainLib" / "Resources"
 sys.path[:0] = [str(ROOT / "XAIExplain"), str(ROOT / "XAIRobustness")]
 
 import SimpleITK as sitk  # noqa: E402
@@ -29,7 +30,7 @@ from XAIRobustnessLib.sweep import robustness_sweep  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="brain-lesion-classifier")
-    parser.add_argument("--case", default=str(ROOT / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"))
+    parser.add_argument("--case", default=str(RESOURCES / "SampleData" / "brain-lesion-case1.nii.gz"))
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)

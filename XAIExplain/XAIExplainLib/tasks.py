@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .errors import XAIInputError, XAIModelError
+from .resources import tasks_dir
 
 __all__ = [
     "CATALOGUE_ENV",
@@ -193,9 +194,7 @@ def catalogue_path() -> Path:
     override = os.environ.get(CATALOGUE_ENV)
     if override:
         return Path(override)
-    resources = os.environ.get("SLICER_XAI_RESOURCES")
-    root = Path(resources) if resources else Path(__file__).resolve().parents[2] / "Resources"
-    return root / "Tasks" / "tasks.json"
+    return tasks_dir() / "tasks.json"
 
 
 def load_catalogue(path: Optional[str | os.PathLike] = None) -> TaskCatalogue:

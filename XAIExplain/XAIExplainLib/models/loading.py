@@ -24,6 +24,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import XAIModelError
+from ..resources import bundled_models_dir, resources_dir
 from .pooling import MaxPooledClassifier, pooled_layer_name
 from .safe_config import build_network
 from .spec import ModelSpec
@@ -75,18 +76,6 @@ class LoadedModel:
             "path": str(self.path),
             "source": self.source,
         }
-
-
-def resources_dir() -> Path:
-    """The extension's ``Resources/`` folder (``SLICER_XAI_RESOURCES`` overrides it)."""
-    override = os.environ.get("SLICER_XAI_RESOURCES")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[3] / "Resources"
-
-
-def bundled_models_dir() -> Path:
-    return resources_dir() / "Models"
 
 
 def list_bundled_models() -> list[dict]:

@@ -180,7 +180,7 @@ def environment() -> str:
 
 def display_path(path: Path) -> str:
     """``path`` relative to the repository root when it lies inside it (for reproducible commands)."""
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[3]  # <checkout>/XAIExplain/XAIExplainLib/training
     try:
         return str(Path(path).resolve().relative_to(root))
     except ValueError:
