@@ -64,7 +64,7 @@ def test_bench_command_writes_table_csv_plot_from_a_folder(classifier_bundle, tm
         sitk.WriteImage(case.image, str(cases / f"{name}.nii.gz"))
         sitk.WriteImage(case.lesion, str(cases / f"{name}_mask.nii.gz"))
     out = tmp_path / "bench"
-    done = subprocess.run([sys.executable, "-m", "XAIExplainLib.cli", "bench", "--model", str(classifier_bundle),
+    done = subprocess.run([sys.executable, "-m", "XAICommandLine", "bench", "--model", str(classifier_bundle),
                            "--cases", str(cases), "--methods", "gradcam,gradient", "--no-stability",
                            "--sanity-cases", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -79,7 +79,7 @@ def test_bench_command_writes_table_csv_plot_from_a_folder(classifier_bundle, tm
 def test_bench_command_with_a_folder_without_masks_fails_cleanly(classifier_bundle, tmp_path):
     (tmp_path / "cases").mkdir()
     sitk.WriteImage(make_image(), str(tmp_path / "cases" / "lonely.nii.gz"))
-    done = subprocess.run([sys.executable, "-m", "XAIExplainLib.cli", "bench", "--model", str(classifier_bundle),
+    done = subprocess.run([sys.executable, "-m", "XAICommandLine", "bench", "--model", str(classifier_bundle),
                            "--cases", str(tmp_path / "cases"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "_mask" in done.stderr.strip().splitlines()[-1]

@@ -13,14 +13,14 @@ import pytest
 import SimpleITK as sitk
 from conftest import ROOT, make_image, rotation
 
-from XAIExplainLib.cli import main
+from XAICommandLine.main import main
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a fresh process, as a user would."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "XAIExplain"), str(ROOT / "XAIRobustness")]),
                    **(env or {})}
-    return subprocess.run([sys.executable, "-m", "XAIExplainLib.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "XAICommandLine", *args], capture_output=True, text=True,
                           env=environment, timeout=300)
 
 

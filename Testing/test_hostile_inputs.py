@@ -37,7 +37,7 @@ _WRAPPER = """
 import os, runpy, sys
 sys.argv = ["slicer-xai", *sys.argv[1:]]
 try:
-    runpy.run_module("XAIExplainLib.cli", run_name="__main__", alter_sys=True)
+    runpy.run_module("XAICommandLine", run_name="__main__", alter_sys=True)
 finally:
     with open("/proc/self/status") as status, open(os.environ["XAI_PEAK_FILE"], "w") as peak:
         peak.write(next(line for line in status if line.startswith("VmHWM")).split()[1])

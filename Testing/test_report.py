@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image
-from XAIExplainLib import cli
+from XAICommandLine import main as cli
 from XAIExplainLib.audiences import get_audience
 from XAIExplainLib.imageio import write_image
 from XAIExplainLib.models import load_model

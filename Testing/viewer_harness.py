@@ -33,7 +33,7 @@ def viewer_process(args: Sequence[str], timeout_s: float = 90.0,
     """Run ``slicer-xai viewer ARGS`` and yield the URL it prints once it is ready."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("XAIExplain", "XAIRobustness", ".")), **(env or {})}
-    process = subprocess.Popen([sys.executable, "-m", "XAIExplainLib.cli", "viewer", *args], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "XAICommandLine", "viewer", *args], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, seen = None, []
     deadline = time.monotonic() + timeout_s

@@ -76,7 +76,7 @@ class Launcher:
 
     async def _start_session(self) -> str:
         port = free_port(self.host)
-        args = [sys.executable, "-m", "XAIExplainLib.cli", "viewer", "--host", self.host, "--port", str(port),
+        args = [sys.executable, "-m", "XAICommandLine", "viewer", "--host", self.host, "--port", str(port),
                 "--idle-timeout", str(self.idle_timeout_s)]
         if self.case:
             args.append(self.case)

@@ -1,7 +1,7 @@
 """``slicer-xai robustness``, ``sanity``, ``faithfulness`` and ``bench``.
 
 Registered on the main parser by :func:`add_robustness_commands`; they follow the command line's
-conventions (:mod:`XAIExplainLib.cli`): progress on stderr, one-line errors (exit 2) for bad input,
+conventions (:mod:`XAICommandLine.main`): progress on stderr, one-line errors (exit 2) for bad input,
 nothing left in ``--out`` unless everything was written. Each writes a JSON report, a CSV table and
 a PNG figure (bench: a CSV, a Markdown table, a PNG and a JSON summary).
 """
@@ -23,7 +23,7 @@ _METHODS = ("gradcam", "gradcampp", "gradient", "smoothgrad", "ig", "occlusion")
 
 def add_robustness_commands(commands: argparse._SubParsersAction) -> None:
     """Add the robustness, sanity, faithfulness and bench subcommands to ``slicer-xai``'s subparsers."""
-    from .perturbations import PERTURBATIONS
+    from XAIRobustnessLib.perturbations import PERTURBATIONS
 
     robustness = commands.add_parser("robustness", help="perturb the image and see where prediction and explanation break")
     _common(robustness)
@@ -112,7 +112,7 @@ def _load(args: argparse.Namespace):
 
 
 def _run(work: Callable):
-    from XAIExplainLib.cli import ProgressPrinter
+    from .progress import ProgressPrinter
 
     printer = ProgressPrinter()
     try:
@@ -136,8 +136,8 @@ def _write(out: Path, name: str, report: dict, rows: list[dict], plot: Callable[
 
 
 def _robustness(args: argparse.Namespace) -> int:
-    from .plots import plot_sweep
-    from .sweep import robustness_sweep
+    from XAIRobustnessLib.plots import plot_sweep
+    from XAIRobustnessLib.sweep import robustness_sweep
 
     out, image, model = _load(args)
     sweep = _run(lambda printer: robustness_sweep(
@@ -154,8 +154,8 @@ def _robustness(args: argparse.Namespace) -> int:
 
 
 def _sanity(args: argparse.Namespace) -> int:
-    from .plots import plot_sanity
-    from .sanity import sanity_checks
+    from XAIRobustnessLib.plots import plot_sanity
+    from XAIRobustnessLib.sanity import sanity_checks
 
     if args.max_steps < 1:
         raise XAIInputError("--max-steps must be at least 1.")
@@ -176,8 +176,8 @@ def _sanity(args: argparse.Namespace) -> int:
 
 
 def _faithfulness(args: argparse.Namespace) -> int:
-    from .faithfulness import faithfulness_test
-    from .plots import plot_faithfulness
+    from XAIRobustnessLib.faithfulness import faithfulness_test
+    from XAIRobustnessLib.plots import plot_faithfulness
 
     out, image, model = _load(args)
     result = _run(lambda printer: faithfulness_test(image, model, args.method, steps=args.steps, n_random=args.random,
@@ -195,7 +195,7 @@ def _bench(args: argparse.Namespace) -> int:
     from XAIExplainLib.imageio import check_output_location, staged_output_dir
     from XAIExplainLib.models import load_model
 
-    from .bench import folder_cases, run_bench, synthetic_cases, write_bench
+    from XAIRobustnessLib.bench import folder_cases, run_bench, synthetic_cases, write_bench
 
     out = check_output_location(args.out)
     model = load_model(args.model, trust_bundle=args.trust_bundle)

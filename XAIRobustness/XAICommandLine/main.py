@@ -10,13 +10,14 @@ import argparse
 import json
 import signal
 import sys
-import time
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import Optional, Sequence
 
-from . import __version__
-from .errors import XAICancelled, XAIError, XAIInputError
+from XAIExplainLib import __version__
+from XAIExplainLib.errors import XAICancelled, XAIError, XAIInputError
+
+from .progress import ProgressPrinter
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -37,40 +38,6 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class ProgressPrinter:
-    """Progress on stderr once a run has taken more than a second; a bar on a terminal, lines otherwise."""
-
-    def __init__(self, stream: TextIO = sys.stderr, delay_s: float = 1.0, every_s: float = 0.5) -> None:
-        self.stream = stream
-        self.start = time.monotonic()
-        self.delay_s = delay_s
-        self.every_s = every_s
-        self.last = 0.0
-        self.last_message = ""
-        self.shown = False
-        self.tty = stream.isatty()
-
-    def __call__(self, fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if now - self.start < self.delay_s:
-            return
-        if now - self.last < self.every_s and message == self.last_message and fraction < 1.0:
-            return
-        self.last, self.last_message, self.shown = now, message, True
-        percent = int(round(100 * fraction))
-        if self.tty:
-            bar = "#" * (percent // 4)
-            self.stream.write(f"\r[{bar:<25}] {percent:3d}% {message[:60]:<60}")
-        else:
-            self.stream.write(f"[{percent:3d}%] {message}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.shown and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_viewer_command(commands)
-    from XAIRobustnessLib.commands import add_robustness_commands
+    from .robustness import add_robustness_commands
 
     add_robustness_commands(commands)  # robustness, sanity, faithfulness (XAIRobustness)
     return parser
@@ -191,9 +158,9 @@ def _raise_terminated(_signum: int, _frame: object) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .imageio import check_output_location, read_image, read_mask, staged_output_dir, write_image
-    from .models import load_model
-    from .pipeline import explain_image
+    from XAIExplainLib.imageio import check_output_location, read_image, read_mask, staged_output_dir, write_image
+    from XAIExplainLib.models import load_model
+    from XAIExplainLib.pipeline import explain_image
 
     out = check_output_location(args.out)  # before any work: an unwritable --out is found at once
     if args.samples < 2:
@@ -247,7 +214,7 @@ def _print_summary(result, out: Path) -> None:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from .models import list_bundled_models
+    from XAIExplainLib.models import list_bundled_models
 
     models = list_bundled_models()
     if args.json:
@@ -267,8 +234,8 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _models_show(args: argparse.Namespace) -> int:
-    from .errors import XAIModelError
-    from .models import bundle_weights_file, file_sha256, read_model_spec, resolve_model_path
+    from XAIExplainLib.errors import XAIModelError
+    from XAIExplainLib.models import bundle_weights_file, file_sha256, read_model_spec, resolve_model_path
 
     path = resolve_model_path(args.name)
     spec = read_model_spec(path)
@@ -307,13 +274,13 @@ def _models_show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .audiences import get_audience, read_trust_evidence
-    from .imageio import read_image
-    from .models import load_model
-    from .report import build_report, write_report
-    from .tasks import get_task
+    from XAIExplainLib.audiences import get_audience, read_trust_evidence
+    from XAIExplainLib.imageio import read_image
+    from XAIExplainLib.models import load_model
+    from XAIExplainLib.report import build_report, write_report
+    from XAIExplainLib.tasks import get_task
 
-    from .imageio import check_output_location
+    from XAIExplainLib.imageio import check_output_location
 
     out = check_output_location(args.out, folder=False)
     if out.suffix.lower() not in (".html", ".htm"):
@@ -346,7 +313,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from .data import synthesize
+    from XAIExplainLib.data import synthesize
 
     if args.n < 1:
         raise XAIInputError("--n must be at least 1.")
@@ -357,7 +324,3 @@ def _data_synth(args: argparse.Namespace) -> int:
         printer.close()
     print(f"Wrote {args.n} {args.kind} case(s) with lesion masks and labels.csv to {Path(out).absolute()}")
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
