@@ -1,14 +1,12 @@
 """XAIRobustness's Logic on a real MRML scene (slicer-core): a sweep, a randomisation check and a
 deletion / insertion test each leave table and plot nodes, and re-running refills them.
 
-slicer-core has the MRML libraries but not the desktop application's Python modules
-(``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``, ``slicer.i18n``, ``qt``); the
-Logic needs none of them to run, so minimal stand-ins are installed for the import only.
+The module file is imported with stand-ins for the application parts slicer-core lacks
+(``Testing/slicer_standins.py``).
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from pathlib import Path
@@ -19,46 +17,15 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 from conftest import make_image  # noqa: E402
+from slicer_standins import importModule  # noqa: E402
 from XAIExplainLib import mrml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _standIns() -> dict:
-    class _Base:
-        def __init__(self, *args, **kwargs):
-            pass
-
-    class _Logic(_Base):
-        def getParameterNode(self):
-            raise NotImplementedError("the tests pass their own parameters")
-
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    scripted.ScriptedLoadableModule = scripted.ScriptedLoadableModuleWidget = _Base
-    scripted.ScriptedLoadableModuleTest = _Base
-    scripted.ScriptedLoadableModuleLogic = _Logic
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = lambda cls: cls
-    wrapper.WithinRange = lambda low, high: None
-    return {"slicer.ScriptedLoadableModule": scripted, "slicer.i18n": i18n, "slicer.parameterNodeWrapper": wrapper,
-            "qt": types.ModuleType("qt")}
-
-
 @pytest.fixture
 def module(monkeypatch):
-    for name, standIn in _standIns().items():
-        monkeypatch.setitem(sys.modules, name, standIn)
-        if name.startswith("slicer."):
-            monkeypatch.setattr(slicer, name.split(".", 1)[1], standIn, raising=False)
-    for path in (ROOT / "XAIExplain", ROOT / "XAIRobustness"):
-        monkeypatch.syspath_prepend(str(path))
-    for name in ("XAIExplain", "XAIRobustness"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    module = importlib.import_module("XAIRobustness")
-    yield module
+    yield importModule(monkeypatch, "XAIRobustness", [ROOT / "XAIExplain", ROOT / "XAIRobustness"])
     for name in ("XAIExplain", "XAIRobustness"):
         sys.modules.pop(name, None)
 

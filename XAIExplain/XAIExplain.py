@@ -2,12 +2,10 @@ import enum
 import json
 import logging
 import os
-import queue
-import re
+import pathlib
 import shutil
 import sys
 import tempfile
-import threading
 from typing import Annotated, Callable, Optional
 
 import qt
@@ -27,16 +25,23 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # Engine and MRML glue (XAIExplainLib) are imported inside Logic methods: they need torch, MONAI and
-# SimpleITK, which are installed on first use, never when Slicer loads the module.
+# SimpleITK, which are installed on first use, never when Slicer loads the module. Only the data's location
+# (standard library) and the background-job runner (standard library) are imported here.
+from XAIExplainLib import resources
+from XAIExplainLib.background import ProcessJob
 
-#: The extension's root folder (holds Resources/Models and Resources/SampleData).
-EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLED_MODELS_DIR = os.path.join(EXTENSION_ROOT, "Resources", "Models")
-SAMPLE_CASE_PATH = os.path.join(EXTENSION_ROOT, "Resources", "SampleData", "brain-lesion-case1.nii.gz")
+#: The demo model bundles and the sample case, inside the engine package (installed with the module).
+BUNDLED_MODELS_DIR = str(resources.bundled_models_dir())
+SAMPLE_CASE_PATH = str(resources.sample_case_path())
 SAMPLE_MODEL_NAME = "brain-lesion-classifier"
-#: The torch build the engine is tested with; later ones may pull a CUDA build of several GB.
-TORCH_REQUIREMENT = ">=2.2,<=2.13.0"
-#: Everything else the engine needs (torch is installed through the PyTorch extension).
+#: The Slicer releases the extension supports: MONAI 1.6 and Captum 0.9 need Python 3.10 or later, which
+#: Slicer ships from 5.10 (Python 3.12); Slicer 5.6 and 5.8 ship Python 3.9.
+MINIMUM_SLICER_VERSION = "5.10"
+MINIMUM_PYTHON_VERSION = (3, 10)
+#: The torch builds the engine runs on: MONAI 1.6.1 needs 2.8 or later; 2.13.0 is the newest tested.
+TORCH_REQUIREMENT = ">=2.8,<=2.13.0"
+MINIMUM_TORCH_VERSION = (2, 8)
+#: Everything else the engine needs (torch comes from the PyTorch extension, and is held at its version).
 PYTHON_REQUIREMENTS = ["monai==1.6.1", "captum==0.9.0", "scipy>=1.11", "nibabel>=5"]
 
 
@@ -68,6 +73,19 @@ Developed by the SlicerXAI contributors. Explanations are computed with
 <a href="https://captum.ai">Captum</a> and <a href="https://monai.io">MONAI</a>; the module layout
 follows 3D Slicer's scripted module template.
 """)
+        # The sample cases appear in the Sample Data module once the application has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Add the bundled sample cases (``XAIExplainLib/Resources/SampleData/samples.json``) to Sample Data."""
+    import SampleData
+
+    iconPath = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons", "XAIExplain.png")
+    for name, path in XAIExplainLogic.sampleCases():
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="SlicerXAI", sampleName=name, thumbnailFileName=iconPath, uris=pathlib.Path(path).as_uri(),
+            fileNames=os.path.basename(path), nodeNames=name, loadFileTypes="VolumeFile")
 
 
 #
@@ -171,6 +189,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None  # the background run in progress, if any
+        self._unsupported = ""  # why this Slicer cannot run the engine, if it cannot
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -195,6 +214,11 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.summaryTextBrowser.setPlainText("")
 
         self.initializeParameterNode()
+        # On a Slicer whose Python the engine cannot use, say so instead of failing in pip.
+        self._unsupported = self.logic.unsupportedSlicerMessage()
+        if self._unsupported:
+            self.ui.statusLabel.text = self._unsupported
+            self._onParameterNodeModified()
 
     def cleanup(self) -> None:
         if self._run:
@@ -320,7 +344,10 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.methodComboBox.toolTip = self.logic.methodAdvice(parameters.clinicalTask, parameters.method.value)
         if self._run:
             return
-        if parameters.inputVolume and parameters.model:
+        if self._unsupported:
+            self.ui.applyButton.toolTip = self._unsupported
+            self.ui.applyButton.enabled = False
+        elif parameters.inputVolume and parameters.model:
             self.ui.applyButton.toolTip = _("Run the model and explain its decision on the input volume.")
             self.ui.applyButton.enabled = True
         else:
@@ -370,120 +397,61 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# Background run: the engine's command line in a separate PythonSlicer process
+# Background work: XAIExplainLib.background jobs, watched from the main thread
 #
 
 
-class XAIBackgroundRun:
-    """Runs ``slicer-xai`` (``python -m XAIExplainLib.cli``) in a separate process.
+class XAIJobWatcher:
+    """Hands a background job's progress, and its end, to callbacks on the main thread.
 
-    The GUI stays responsive: a reader thread collects the process output and a Qt timer hands
-    progress lines (``[ 42%] message``) to ``progressCallback`` on the main thread. ``cancel()``
-    kills the process; ``completedCallback(run)`` is called once, on the main thread.
+    A Qt timer polls the job (``XAIExplainLib.background``): ``progressCallback(fraction, message)`` for
+    each step reported, then ``completedCallback(job)`` once. :meth:`runToEnd` does the same without a
+    timer, blocking (scripts and self-tests).
     """
 
     POLL_INTERVAL_MS = 200
-    _PROGRESS_LINE = re.compile(r"^\[\s*(\d+)%\]\s*(.*)$")
 
-    def __init__(self, arguments: list, outputDirectory: str, progressCallback: Optional[Callable] = None,
-                 completedCallback: Optional[Callable] = None, temporaryDirectory: Optional[str] = None):
-        self.arguments = arguments
-        self.outputDirectory = outputDirectory
-        self.temporaryDirectory = temporaryDirectory
+    def __init__(self, job, progressCallback: Optional[Callable] = None, completedCallback: Optional[Callable] = None):
+        self.job = job
         self.progressCallback = progressCallback
         self.completedCallback = completedCallback
-        self.cancelled = False
-        self.returnCode = None
-        self.errorMessage = ""
-        self.lastLines = []
-        self._lines = queue.Queue()
-        self._process = None
-        self._reader = None
-        self._timer = None
-        self._finished = False
-
-    @staticmethod
-    def pythonExecutable() -> str:
-        # Inside Slicer, sys.executable is the application; PythonSlicer is the bare interpreter.
-        pythonSlicer = shutil.which("PythonSlicer")
-        return pythonSlicer or sys.executable
-
-    def start(self, waitForCompletion: bool = False) -> "XAIBackgroundRun":
-        command = [self.pythonExecutable(), "-m", "XAIExplainLib.cli", *self.arguments]
-        modulePath = os.path.dirname(os.path.abspath(__file__))
-        environment = {"PYTHONPATH": os.pathsep.join(filter(None, [modulePath, os.environ.get("PYTHONPATH")])),
-                       "PYTHONUNBUFFERED": "1"}
-        logging.debug(f"XAIExplain: launching {command}")
-        self._process = slicer.util.launchConsoleProcess(command, updateEnvironment=environment)
-        if waitForCompletion:
-            for line in self._process.stdout:
-                self._handleLine(line.rstrip())
-            self._process.wait()
-            self._finish()
-            return self
-        self._reader = threading.Thread(target=self._readOutput, daemon=True)
-        self._reader.start()
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._poll)
         self._timer.start()
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and not self._finished
-
-    def cancel(self) -> None:
-        if self._process and self._process.poll() is None:
-            self.cancelled = True
-            self._process.kill()
-
-    def _readOutput(self) -> None:
-        for line in self._process.stdout:
-            self._lines.put(line.rstrip())
-        self._process.wait()
-        self._lines.put(None)  # end of output
 
     def _poll(self) -> None:
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                return
-            if line is None:
-                self._timer.stop()
-                self._finish()
-                return
-            self._handleLine(line)
+        self._deliver(self.job, self.progressCallback, self.completedCallback, self._timer.stop)
 
-    def _handleLine(self, line: str) -> None:
-        if not line:
-            return
-        match = self._PROGRESS_LINE.match(line)
-        if match:
-            if self.progressCallback:
-                self.progressCallback(int(match.group(1)) / 100.0, match.group(2))
-            return
-        logging.info(line)
-        self.lastLines = (self.lastLines + [line])[-20:]
+    @classmethod
+    def runToEnd(cls, job, progressCallback: Optional[Callable] = None, completedCallback: Optional[Callable] = None):
+        job.wait()
+        cls._deliver(job, progressCallback, completedCallback, lambda: None)
+        return job
 
-    def _finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self.returnCode = self._process.returncode
-        if not self.cancelled and self.returnCode != 0:
-            # The command line states user errors in one line starting "slicer-xai:".
-            messages = [line for line in self.lastLines if line.startswith("slicer-xai:")]
-            self.errorMessage = (messages[-1] if messages else "\n".join(self.lastLines[-5:])) or _(
-                "The explanation process stopped with exit code {code}.").format(code=self.returnCode)
-            self.errorMessage = self.errorMessage.replace("slicer-xai: error: ", "").replace("slicer-xai: ", "")
-        if self.completedCallback:
-            self.completedCallback(self)
+    @staticmethod
+    def _deliver(job, progressCallback, completedCallback, stop) -> None:
+        for fraction, message in job.poll():
+            if progressCallback:
+                progressCallback(fraction, message)
+        if job.finished:
+            stop()
+            if completedCallback:
+                completedCallback(job)
+
+
+class XAIExplainJob(ProcessJob):
+    """``slicer-xai explain`` in a background process, with the folder it writes its results to."""
+
+    def __init__(self, argv: list, environment: dict, outputDirectory: str, temporaryDirectory: str):
+        super().__init__(argv, environment, log=logging.info)
+        self.outputDirectory = outputDirectory
+        self.temporaryDirectory = temporaryDirectory
+        self.watcher = None
 
     def cleanup(self) -> None:
-        if self.temporaryDirectory:
-            shutil.rmtree(self.temporaryDirectory, ignore_errors=True)
+        """Remove the run's input copy and results (after they were read, or when nothing is kept)."""
+        shutil.rmtree(self.temporaryDirectory, ignore_errors=True)
 
 
 #
@@ -579,7 +547,17 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         catalogue = tasks.load_catalogue()
         return catalogue.tasks[taskId].advice_text(method) if taskId in catalogue.tasks else ""
 
-    # --- dependencies (installed on first Apply, never at import) ---
+    # --- Slicer version and dependencies (installed on first Apply, never at import) ---
+
+    @staticmethod
+    def unsupportedSlicerMessage() -> str:
+        """Why this Slicer cannot run the engine ("" when it can): its Python is older than MONAI needs."""
+        if sys.version_info >= MINIMUM_PYTHON_VERSION:
+            return ""
+        return _("SlicerXAI needs 3D Slicer {minimum} or later: this Slicer runs Python {python}, and the "
+                 "MONAI and Captum releases the engine uses need Python {needed} or later.").format(
+            minimum=MINIMUM_SLICER_VERSION, python="%d.%d" % sys.version_info[:2],
+            needed="%d.%d" % MINIMUM_PYTHON_VERSION)
 
     @staticmethod
     def dependenciesMissing() -> list:
@@ -588,8 +566,11 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         return [name for name in ("torch", "monai", "captum", "scipy", "nibabel") if importlib.util.find_spec(name) is None]
 
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install torch (through the PyTorch extension when present) and the engine's requirements.
-        Returns False if the user declined."""
+        """Install torch (through the PyTorch extension) and the engine's requirements, keeping torch at the
+        version PyTorch Utils chose. Returns False if the user declined."""
+        unsupported = self.unsupportedSlicerMessage()
+        if unsupported:
+            raise RuntimeError(unsupported)
         missing = self.dependenciesMissing()
         if not missing:
             return True
@@ -601,20 +582,36 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         with slicer.util.WaitCursor():
             if "torch" in missing:
                 self._installTorch()
-            slicer.util.pip_install(PYTHON_REQUIREMENTS)
+            slicer.util.pip_install(self.pipRequirements())
         stillMissing = self.dependenciesMissing()
         if stillMissing:
             raise RuntimeError(_("Could not install: {packages}.").format(packages=", ".join(stillMissing)))
         return True
 
     @staticmethod
+    def pipRequirements(torchVersion: Optional[str] = None) -> list:
+        """The ``pip install`` arguments for the engine: its requirements plus ``torch==<installed>``, so that
+        pip can never replace the torch build PyTorch Utils installed (a newer one may be a CUDA build of
+        several GB). Refuses a torch older than MONAI needs."""
+        if torchVersion is None:
+            import torch
+
+            torchVersion = torch.__version__
+        release = tuple(int(part) for part in torchVersion.split("+")[0].split(".")[:2] if part.isdigit())
+        if release < MINIMUM_TORCH_VERSION:
+            raise RuntimeError(_("PyTorch {version} is older than the {minimum} that MONAI needs: update it in the "
+                                 "PyTorch Utils module (requirement {requirement}).").format(
+                version=torchVersion, minimum="%d.%d" % MINIMUM_TORCH_VERSION, requirement=TORCH_REQUIREMENT))
+        return [*PYTHON_REQUIREMENTS, f"torch=={torchVersion}"]
+
+    @staticmethod
     def _installTorch() -> None:
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
-            # No PyTorch extension: the CPU build from PyPI, pinned so pip never picks a CUDA build.
-            slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
-            return
+            # pip alone would take a CUDA build of several GB on Linux; PyTorch Utils picks the right one.
+            raise RuntimeError(_("Install the PyTorch extension from the Extensions Manager and restart Slicer: "
+                                 "SlicerXAI installs torch through it.")) from None
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled():
             if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
@@ -622,11 +619,62 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
     # --- sample data ---
 
+    @staticmethod
+    def sampleCases() -> list:
+        """``(name, path)`` of the bundled sample cases, from ``samples.json`` (JSON only: no engine needed)."""
+        folder = resources.sample_data_dir()
+        try:
+            entries = json.loads((folder / "samples.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        cases = [(str(entry["name"]), folder / f"{entry['name']}.nii.gz") for entry in entries if "name" in entry]
+        return [(name, str(path)) for name, path in cases if path.is_file()]
+
     def loadSampleCase(self):
         """Load the bundled sample case and return its volume node."""
         if not os.path.isfile(SAMPLE_CASE_PATH):
             raise FileNotFoundError(_("The sample case is missing: {path}").format(path=SAMPLE_CASE_PATH))
         return slicer.util.loadVolume(SAMPLE_CASE_PATH, {"name": "brain-lesion-case1"})
+
+    # --- the background process ---
+
+    @staticmethod
+    def enginePythonPath() -> list:
+        """The folders holding the engine's packages, as this process imports them.
+
+        Slicer puts module folders on its own ``sys.path``, not in the environment, so a child process sees
+        none of them unless told; the command line needs all three packages (it imports both Libs).
+        """
+        import importlib.util
+
+        folders = []
+        for package in ("XAICommandLine", "XAIExplainLib", "XAIRobustnessLib"):
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                raise RuntimeError(_("The {package} package of SlicerXAI was not found: install the extension, or add "
+                                     "both its XAIExplain and XAIRobustness folders to the additional module "
+                                     "paths.").format(package=package))
+            folder = os.path.dirname(os.path.abspath(list(spec.submodule_search_locations)[0]))
+            if folder not in folders:
+                folders.append(folder)
+        return folders
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        # Inside Slicer, sys.executable is the application; PythonSlicer is the bare interpreter's launcher.
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def backgroundCommand(self, arguments: list):
+        """``(argv, environment)`` of ``slicer-xai <arguments>`` run by PythonSlicer: the environment Slicer
+        started with (the launcher adds its own paths again), plus the engine's folders."""
+        environment = slicer.util.startupEnvironment() if hasattr(slicer, "app") else dict(os.environ)
+        inherited = environment.get("PYTHONPATH")
+        environment.update({
+            "PYTHONPATH": os.pathsep.join([*self.enginePythonPath(), *([inherited] if inherited else [])]),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONIOENCODING": "utf-8",
+        })
+        return [self.pythonExecutable(), "-m", "XAICommandLine", *arguments], environment
 
     # --- running ---
 
@@ -641,12 +689,9 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
             arguments.append("--trust-bundle")
         return arguments
 
-    def startExplain(self, parameters, progressCallback=None, completedCallback=None, waitForCompletion=False):
-        """Run the engine on ``parameters.inputVolume`` in a background process; return the run.
-
-        The input is written with its exact geometry; results are read back by
-        :meth:`applyRunResults` once ``completedCallback(run)`` is called.
-        """
+    def launchExplain(self, parameters):
+        """Write the input with its exact geometry and start ``slicer-xai explain`` on it in a background
+        process; return the started :class:`XAIExplainJob` (Qt-free: :meth:`startExplain` watches it)."""
         import SimpleITK as sitk
 
         from XAIExplainLib import mrml
@@ -655,12 +700,28 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         if inputVolume is None:
             raise ValueError(_("Select an input volume."))
         workDirectory = tempfile.mkdtemp(prefix="SlicerXAI-")
-        inputPath = os.path.join(workDirectory, "input.nrrd")
-        sitk.WriteImage(mrml.volumeNodeToImage(inputVolume, sitk.sitkFloat32), inputPath)
-        outputDirectory = os.path.join(workDirectory, "results")
-        run = XAIBackgroundRun(self.explainArguments(parameters, inputPath, outputDirectory), outputDirectory,
-                               progressCallback, completedCallback, temporaryDirectory=workDirectory)
-        return run.start(waitForCompletion=waitForCompletion)
+        try:
+            inputPath = os.path.join(workDirectory, "input.nrrd")
+            sitk.WriteImage(mrml.volumeNodeToImage(inputVolume, sitk.sitkFloat32), inputPath)
+            outputDirectory = os.path.join(workDirectory, "results")
+            argv, environment = self.backgroundCommand(self.explainArguments(parameters, inputPath, outputDirectory))
+            job = XAIExplainJob(argv, environment, outputDirectory=outputDirectory, temporaryDirectory=workDirectory)
+            return job.start()
+        except BaseException:
+            shutil.rmtree(workDirectory, ignore_errors=True)
+            raise
+
+    def startExplain(self, parameters, progressCallback=None, completedCallback=None, waitForCompletion=False):
+        """Run the engine on ``parameters.inputVolume`` in a background process; return the job.
+
+        Progress goes to ``progressCallback(fraction, message)`` and ``completedCallback(job)`` is called once,
+        both on the main thread; :meth:`applyRunResults` then puts the results into the scene.
+        """
+        job = self.launchExplain(parameters)
+        if waitForCompletion:
+            return XAIJobWatcher.runToEnd(job, progressCallback, completedCallback)
+        job.watcher = XAIJobWatcher(job, progressCallback, completedCallback)
+        return job
 
     def readRunResults(self, run):
         """The files a finished run wrote, as an engine-like result (``mrml.ExplanationOutputs``)."""

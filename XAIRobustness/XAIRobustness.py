@@ -17,8 +17,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# XAIExplain is a dependency of this module: its choices, model list and dependency installer are reused.
-from XAIExplain import SAMPLE_MODEL_NAME, ExplanationMethod, XAIExplainLogic
+# XAIExplain is a dependency of this module: its choices, model list, dependency installer and job watcher
+# are reused; the background-job runner is standard library only.
+from XAIExplain import SAMPLE_MODEL_NAME, ExplanationMethod, XAIExplainLogic, XAIJobWatcher
+from XAIExplainLib.background import ThreadJob
 
 # Engine code (XAIExplainLib, XAIRobustnessLib computations) is imported inside Logic methods.
 
@@ -115,7 +117,7 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._cancelToken = None
+        self._job = None  # the background work in progress, if any
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -139,8 +141,8 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._cancelToken:
-            self._cancelToken.cancel()
+        if self._job:
+            self._job.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -153,8 +155,8 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._cancelToken:
-            self._cancelToken.cancel()
+        if self._job:
+            self._job.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -196,34 +198,28 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index)
 
+    def _actionButtons(self) -> list:
+        return [self.ui.applyButton, self.ui.sanityButton, self.ui.faithfulnessButton, self.ui.localisationButton]
+
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._cancelToken:
-            return
-        if self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.model:
-            self.ui.applyButton.toolTip = _("Perturb the case at each severity and re-run model and explanation.")
-            self.ui.applyButton.enabled = True
-            self.ui.sanityButton.enabled = self._cancelToken is None
-            self.ui.faithfulnessButton.enabled = self._cancelToken is None
-            self.ui.localisationButton.enabled = self._parameterNode.reference is not None
-        else:
-            self.ui.applyButton.toolTip = _("Select an input volume and a model.")
-            self.ui.applyButton.enabled = False
-            self.ui.sanityButton.enabled = False
-            self.ui.faithfulnessButton.enabled = False
-            self.ui.localisationButton.enabled = False
+        if self._job:
+            return  # during a run only its Cancel button is live
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.model)
+        self.ui.applyButton.toolTip = (_("Perturb the case at each severity and re-run model and explanation.") if ready
+                                       else _("Select an input volume and a model."))
+        self.ui.applyButton.enabled = ready
+        self.ui.sanityButton.enabled = ready
+        self.ui.faithfulnessButton.enabled = ready
+        self.ui.localisationButton.enabled = ready and self._parameterNode.reference is not None
 
     def onApplyButton(self) -> None:
-        self._runLong(lambda progress, cancel: self.logic.runSweep(self._parameterNode, progress=progress, cancel=cancel),
-                      _("The robustness sweep failed."))
+        self._runInBackground("sweep", self.ui.applyButton, _("The robustness sweep failed."))
 
     def onSanityButton(self) -> None:
-        self._runLong(lambda progress, cancel: self.logic.runSanity(self._parameterNode, progress=progress, cancel=cancel),
-                      _("The sanity check failed."))
+        self._runInBackground("sanity", self.ui.sanityButton, _("The sanity check failed."))
 
     def onFaithfulnessButton(self) -> None:
-        self._runLong(lambda progress, cancel: self.logic.runFaithfulness(self._parameterNode, progress=progress,
-                                                                          cancel=cancel),
-                      _("The faithfulness test failed."))
+        self._runInBackground("faithfulness", self.ui.faithfulnessButton, _("The faithfulness test failed."))
 
     def onLocalisationButton(self) -> None:
         """Score the explanation XAIExplain last showed for the input against the chosen reference."""
@@ -238,41 +234,47 @@ class XAIRobustnessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 where=_("inside") if scores.pointing_hit else _("outside"), mass=scores.mass_in_lesion,
                 share=scores.lesion_share, auprc=scores.auprc, iou=scores.top_k_iou)
 
-    def _runLong(self, work, failureMessage: str) -> None:
-        """Run ``work(progress, cancel)`` with the progress bar; Apply becomes Cancel meanwhile."""
-        if self._cancelToken:
-            self._cancelToken.cancel()
+    def _runInBackground(self, kind: str, button, failureMessage: str) -> None:
+        """Run the Logic's ``kind`` task in a background thread; its button becomes Cancel, the others are
+        disabled until it ends (no second run can start), and the results are shown on the main thread."""
+        if self._job:
+            self._job.cancel()
             self.ui.statusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(failureMessage, waitCursor=False):
             if not self.logic.explainLogic.ensureDependencies(askConfirmation=True):
                 return
-            from XAIExplainLib.errors import XAICancelled
-            from XAIExplainLib.progress import CancelToken
-
-            self._cancelToken = CancelToken()
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.applyButton.enabled = True
-            self.ui.sanityButton.enabled = self.ui.faithfulnessButton.enabled = False
+            work, show = self.logic.backgroundTask(kind, self._parameterNode)
+            self._job = ThreadJob(work).start()
+            self._runButton, self._runButtonText = button, button.text
+            for other in self._actionButtons():
+                other.enabled = other is button
+            button.text = _("Cancel")
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
-            try:
-                work(self._onProgress, self._cancelToken)
-                self.ui.statusLabel.text = _("Done.")
-            except XAICancelled:
-                self.ui.statusLabel.text = _("Cancelled; no results were kept.")
-            finally:
-                self._cancelToken = None
-                self.ui.applyButton.text = _("Apply")
-                self.ui.progressBar.hide()
-                self._checkCanApply()
+            self.ui.statusLabel.text = _("Starting...")
+            self._watcher = XAIJobWatcher(self._job, self._onProgress,
+                                          lambda job: self._onCompleted(job, show, failureMessage))
 
     def _onProgress(self, fraction: float, message: str) -> None:
-        # Called between units of engine work: keeping the event loop going keeps the GUI (and the
-        # Cancel button) responsive during the sweep.
         self.ui.progressBar.value = int(round(100 * fraction))
         self.ui.statusLabel.text = message
-        slicer.app.processEvents()
+
+    def _onCompleted(self, job, show, failureMessage: str) -> None:
+        self._job = self._watcher = None
+        self._runButton.text = self._runButtonText
+        self.ui.progressBar.hide()
+        if job.cancelled:
+            self.ui.statusLabel.text = _("Cancelled; no results were kept.")
+        elif job.error is not None:
+            self.ui.statusLabel.text = _("Failed.")
+            slicer.util.errorDisplay(f"{failureMessage}\n{job.errorMessage}")
+        else:
+            with slicer.util.tryWithErrorDisplay(_("Failed to show the results."), waitCursor=True):
+                show(job.result)
+                self.logic.showChartInLayout()
+                self.ui.statusLabel.text = _("Done.")
+        self._checkCanApply()
 
 
 #
@@ -288,6 +290,8 @@ class XAIRobustnessLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.explainLogic = XAIExplainLogic()
+        #: The chart node of the last test shown (put into the layout by the Widget).
+        self.lastChartNode = None
 
     def getParameterNode(self):
         return XAIRobustnessParameterNode(super().getParameterNode())
@@ -295,58 +299,101 @@ class XAIRobustnessLogic(ScriptedLoadableModuleLogic):
     def severities(self, parameters) -> list:
         return list(range(0, parameters.maxSeverity + 1))
 
+    # Each test is split in two: ``work(progress, cancel)`` computes from copies made on the main thread and
+    # never touches the scene (it runs in a background thread), ``show(result)`` puts the result into the
+    # scene (main thread). ``run*`` does both in turn, for scripts and tests.
+
+    def backgroundTask(self, kind: str, parameters, **options):
+        """``(work, show)`` of ``kind`` ("sweep", "sanity" or "faithfulness") on the current parameters."""
+        tasks = {"sweep": self._sweepTask, "sanity": self._sanityTask, "faithfulness": self._faithfulnessTask}
+        if kind not in tasks:
+            raise ValueError(f"unknown robustness task {kind!r}")
+        return tasks[kind](parameters, **options)
+
     def runSweep(self, parameters, progress=None, cancel=None):
         """Perturb, predict and explain at each severity; show the table, the curves and the most
         severe perturbed case with its saliency. Returns the sweep table node."""
-        import SimpleITK as sitk
-
-        from XAIExplainLib import mrml
-        from XAIExplainLib.models import load_model
-        from XAIRobustnessLib.sweep import perturbation_sweep
-        from XAIRobustnessLib.sweepNodes import showPerturbedCase, showSweep
-
-        inputVolume = parameters.inputVolume
-        if inputVolume is None:
-            raise ValueError(_("Select an input volume."))
-        scene = inputVolume.GetScene()
-        image = mrml.volumeNodeToImage(inputVolume, sitk.sitkFloat32)
-        model = load_model(parameters.model, trust_bundle=parameters.trustModel)
-        sweep = perturbation_sweep(image, model, perturbation=parameters.perturbation.value,
-                                   severities=self.severities(parameters), method=parameters.method.value,
-                                   progress=progress, cancel=cancel)
-        tableNode, _chartNode = showSweep(scene, inputVolume, parameters.perturbation.value, sweep.rows)
-        worst = max(self.severities(parameters))
-        perturbedNode, _nodes = showPerturbedCase(
-            scene, inputVolume, parameters.perturbation.value, sweep.perturbed_images[worst], sweep.results[worst],
-            parameters.method.value, opacity=parameters.opacity, threshold=parameters.threshold)
-        parameters.outputTable = tableNode
-        parameters.outputPerturbed = perturbedNode
-        return tableNode
+        work, show = self._sweepTask(parameters)
+        return show(work(progress, cancel))
 
     def runSanity(self, parameters, methods=None, seed: int = 0, progress=None, cancel=None):
         """Model-parameter randomisation check (Adebayo et al. 2018) of ``methods`` (default: the chosen
         method) on the input; a table and a chart of the similarity curves. Returns ``(results, tableNode)``:
         ``results[method].passed`` and ``.verdict`` say whether the explanation depends on the model."""
-        from XAIRobustnessLib.sanity import sanity_checks
-        from XAIRobustnessLib.sweepNodes import showSanity
-
-        image, model = self._imageAndModel(parameters)
-        results = sanity_checks(image, model, list(methods or [parameters.method.value]), seed=seed,
-                                progress=progress, cancel=cancel)
-        tableNode, _chartNode = showSanity(parameters.inputVolume.GetScene(), parameters.inputVolume, results)
-        return results, tableNode
+        work, show = self._sanityTask(parameters, methods=methods, seed=seed)
+        return show(work(progress, cancel))
 
     def runFaithfulness(self, parameters, steps: int = 20, seed: int = 0, progress=None, cancel=None):
         """Deletion / insertion curves (Petsiuk et al. 2018) of the chosen method against random orderings;
         a table and a chart. Returns ``(result, tableNode)``."""
+        work, show = self._faithfulnessTask(parameters, steps=steps, seed=seed)
+        return show(work(progress, cancel))
+
+    def _sweepTask(self, parameters):
+        from XAIRobustnessLib.sweep import perturbation_sweep
+        from XAIRobustnessLib.sweepNodes import showPerturbedCase, showSweep
+
+        image, modelName, trust, inputVolume = self._inputs(parameters)
+        perturbation, method, severities = parameters.perturbation.value, parameters.method.value, self.severities(parameters)
+        opacity, threshold = parameters.opacity, parameters.threshold
+
+        def work(progress, cancel):
+            return perturbation_sweep(image, self._loadModel(modelName, trust), perturbation=perturbation,
+                                      severities=severities, method=method, progress=progress, cancel=cancel)
+
+        def show(sweep):
+            scene = inputVolume.GetScene()
+            tableNode, self.lastChartNode = showSweep(scene, inputVolume, perturbation, sweep.rows)
+            worst = max(severities)
+            perturbedNode, _nodes = showPerturbedCase(scene, inputVolume, perturbation, sweep.perturbed_images[worst],
+                                                      sweep.results[worst], method, opacity=opacity,
+                                                      threshold=threshold)
+            parameters.outputTable = tableNode
+            parameters.outputPerturbed = perturbedNode
+            return tableNode
+
+        return work, show
+
+    def _sanityTask(self, parameters, methods=None, seed: int = 0):
+        from XAIRobustnessLib.sanity import sanity_checks
+        from XAIRobustnessLib.sweepNodes import showSanity
+
+        image, modelName, trust, inputVolume = self._inputs(parameters)
+        methods = list(methods or [parameters.method.value])
+
+        def work(progress, cancel):
+            return sanity_checks(image, self._loadModel(modelName, trust), methods, seed=seed, progress=progress,
+                                 cancel=cancel)
+
+        def show(results):
+            tableNode, self.lastChartNode = showSanity(inputVolume.GetScene(), inputVolume, results)
+            return results, tableNode
+
+        return work, show
+
+    def _faithfulnessTask(self, parameters, steps: int = 20, seed: int = 0):
         from XAIRobustnessLib.faithfulness import faithfulness_test
         from XAIRobustnessLib.sweepNodes import showFaithfulness
 
-        image, model = self._imageAndModel(parameters)
-        result = faithfulness_test(image, model, parameters.method.value, steps=steps, seed=seed,
-                                   progress=progress, cancel=cancel)
-        tableNode, _chartNode = showFaithfulness(parameters.inputVolume.GetScene(), parameters.inputVolume, result)
-        return result, tableNode
+        image, modelName, trust, inputVolume = self._inputs(parameters)
+        method = parameters.method.value
+
+        def work(progress, cancel):
+            return faithfulness_test(image, self._loadModel(modelName, trust), method, steps=steps, seed=seed,
+                                     progress=progress, cancel=cancel)
+
+        def show(result):
+            tableNode, self.lastChartNode = showFaithfulness(inputVolume.GetScene(), inputVolume, result)
+            return result, tableNode
+
+        return work, show
+
+    def showChartInLayout(self, chartNode=None) -> None:
+        """Show ``chartNode`` (default: the last test's chart) in a plot view of the layout, switching to a
+        layout that has one, as ``slicer.util.plot`` does. Needs the Slicer application."""
+        chartNode = chartNode or self.lastChartNode
+        if chartNode is not None and hasattr(slicer, "app"):
+            slicer.modules.plots.logic().ShowChartInLayout(chartNode)
 
     def computeLocalisation(self, saliencyNode, referenceNode):
         """Ground-truth metrics of the shown explanation: pointing game, share of positive attribution
@@ -373,15 +420,24 @@ class XAIRobustnessLogic(ScriptedLoadableModuleLogic):
         scores = localisation_scores(saliency, lesion, image)
         return scores, showLocalisation(scene, saliencyNode, referenceNode, scores)
 
-    def _imageAndModel(self, parameters):
+    @staticmethod
+    def _inputs(parameters):
+        """What a background task needs, read on the main thread: a copy of the input image, the model name,
+        the trust flag, and the input node (for showing the result)."""
         import SimpleITK as sitk
 
         from XAIExplainLib import mrml
-        from XAIExplainLib.models import load_model
 
         if parameters.inputVolume is None:
             raise ValueError(_("Select an input volume."))
-        return mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32), load_model(parameters.model, trust_bundle=parameters.trustModel)
+        image = mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32)
+        return image, parameters.model, parameters.trustModel, parameters.inputVolume
+
+    @staticmethod
+    def _loadModel(model: str, trust: bool):
+        from XAIExplainLib.models import load_model
+
+        return load_model(model, trust_bundle=trust)
 
 
 #

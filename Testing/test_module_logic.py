@@ -1,0 +1,99 @@
+"""What the Slicer modules decide without Qt: background jobs (output decoding, cancel), the dependency
+install arguments, the Slicer-version guard and the Sample Data registration.
+
+The module file is imported with stand-ins for the application parts slicer-core lacks
+(``Testing/slicer_standins.py``); the jobs are ``XAIExplainLib.background``'s, as the Widgets use them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+from slicer_standins import importModule  # noqa: E402
+from XAIExplainLib.background import ProcessJob, ThreadJob  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def explainModule(monkeypatch):
+    yield importModule(monkeypatch, "XAIExplain", [ROOT / "XAIExplain"])
+    sys.modules.pop("XAIExplain", None)
+
+
+def test_undecodable_output_does_not_stop_the_reader():
+    script = "import sys; sys.stdout.buffer.write(b'\\xff\\xfe bad bytes\\n[ 50%] half\\n'); sys.stdout.flush();" \
+             "print('slicer-xai: error: the input is broken.'); sys.exit(2)"
+    job = ProcessJob([sys.executable, "-c", script]).start()
+    assert job.wait(30)
+    progress = job.poll()
+    assert job.finished and job.returnCode == 2
+    assert progress == [(0.5, "half")]
+    assert job.errorMessage == "the input is broken."
+    assert any("bad bytes" in line for line in job.lastLines)
+
+
+def test_thread_job_reports_progress_result_and_cancel():
+    def work(progress, cancel):
+        for step in range(200):
+            progress(step / 200, f"step {step}")
+            cancel.raise_if_cancelled()
+            time.sleep(0.01)
+        return "done"
+
+    finished = ThreadJob(lambda progress, cancel: "result").start()
+    assert finished.wait(10) and finished.poll() == [] and finished.finished and finished.result == "result"
+    job = ThreadJob(work).start()
+    while not job.poll():
+        time.sleep(0.01)
+    job.cancel()
+    assert job.wait(5) and job.cancelled and job.result is None and job.error is None
+
+    def failing(progress, cancel):
+        raise ValueError("the reference segmentation is empty")
+
+    failed = ThreadJob(failing).start()
+    assert failed.wait(10) and isinstance(failed.error, ValueError)
+    assert failed.errorMessage == "the reference segmentation is empty"
+
+
+def test_pip_install_holds_torch_and_refuses_an_old_one(explainModule):
+    logic = explainModule.XAIExplainLogic
+    arguments = logic.pipRequirements("2.9.1+cu128")
+    assert arguments[-1] == "torch==2.9.1+cu128"
+    assert "monai==1.6.1" in arguments and "captum==0.9.0" in arguments
+    with pytest.raises(RuntimeError, match="older than the 2.8"):
+        logic.pipRequirements("2.4.0")
+
+
+def test_an_old_slicer_is_named_instead_of_failing_in_pip(explainModule, monkeypatch):
+    logic = explainModule.XAIExplainLogic()
+    assert logic.unsupportedSlicerMessage() == ""
+    monkeypatch.setattr(sys, "version_info", (3, 9, 10, "final", 0))
+    message = logic.unsupportedSlicerMessage()
+    assert "5.10" in message and "3.9" in message
+    with pytest.raises(RuntimeError, match="5.10"):
+        logic.ensureDependencies(askConfirmation=False)
+
+
+def test_sample_cases_are_registered_with_sample_data(explainModule, monkeypatch):
+    registered = []
+    sampleData = types.ModuleType("SampleData")
+    sampleData.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: registered.append(kw))
+    monkeypatch.setitem(sys.modules, "SampleData", sampleData)
+    explainModule.registerSampleData()
+    names = [entry["sampleName"] for entry in registered]
+    assert names[0] == "brain-lesion-case1" and "chest-nodule-case1" in names
+    for entry in registered:
+        path = Path(url2pathname(urlparse(entry["uris"]).path))
+        assert urlparse(entry["uris"]).scheme == "file" and path.is_file() and path.name == entry["fileNames"]
+        assert entry["loadFileTypes"] == "VolumeFile" and Path(entry["thumbnailFileName"]).is_file()
