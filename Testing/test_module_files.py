@@ -18,6 +18,8 @@ ALLOWED_TOP_LEVEL_IMPORTS = {
     "enum", "json", "logging", "os", "queue", "re", "shutil", "subprocess", "sys", "tempfile", "threading",
     "typing", "unittest", "dataclasses", "pathlib",
 }
+# Engine modules a module file may import at load time: standard library only (checked below).
+LIGHT_ENGINE_MODULES = {"XAIExplainLib.resources", "XAIExplainLib.background"}
 # Widget classes the parameter node wrapper can connect, per field type.
 CONNECTABLE = {
     "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyComboBox"},
@@ -74,7 +76,14 @@ def _cmakeList(module, variable):
     text = (ROOT / module / "CMakeLists.txt").read_text(encoding="utf-8")
     match = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
     assert match, f"{module}/CMakeLists.txt does not set {variable}"
-    return {line.strip().replace("${MODULE_NAME}", module) for line in match.group(1).split() if line.strip()}
+    listed = {line.strip().replace("${MODULE_NAME}", module) for line in match.group(1).split() if line.strip()}
+    # A list made by file(GLOB_RECURSE <var> RELATIVE ... <folder>/*) stands for every file under the folder.
+    for glob, folder in re.findall(r"file\(GLOB_RECURSE\s+(\w+)\s+RELATIVE.*?/([\w/]+)/\*\)", text, re.S):
+        if "${%s}" % glob in listed:
+            listed.discard("${%s}" % glob)
+            listed |= {p.relative_to(ROOT / module).as_posix() for p in (ROOT / module / folder).rglob("*")
+                       if p.is_file() and "__pycache__" not in p.parts}
+    return listed
 
 
 def _pngSize(path):
@@ -172,8 +181,11 @@ def test_module_structure_and_light_imports(module):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             names = [node.module]
+        if isinstance(node, ast.ImportFrom) and node.module == "XAIExplainLib":
+            names = [f"XAIExplainLib.{alias.name}" for alias in node.names]
         for name in names:
-            assert name.split(".")[0] in ALLOWED_TOP_LEVEL_IMPORTS, f"{module}.py imports {name} at load time"
+            assert name.split(".")[0] in ALLOWED_TOP_LEVEL_IMPORTS or name in LIGHT_ENGINE_MODULES, \
+                f"{module}.py imports {name} at load time"
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     bases = {name: {ast.unparse(b) for b in node.bases} for name, node in classes.items()}
     assert "ScriptedLoadableModule" in bases[module]
@@ -193,5 +205,10 @@ def test_robustness_depends_on_explain():
 
 
 def test_self_tests_use_the_bundled_sample_and_model():
+    from XAIExplainLib import resources
+
     source = _moduleSource("XAIExplain")
-    assert '"brain-lesion-case1.nii.gz"' in source and 'SAMPLE_MODEL_NAME = "brain-lesion-classifier"' in source
+    model = re.search(r'^SAMPLE_MODEL_NAME = "([\w-]+)"$', source, re.M).group(1)
+    assert "SAMPLE_CASE_PATH = str(resources.sample_case_path())" in source
+    assert resources.sample_case_path().is_file()
+    assert (resources.bundled_models_dir() / model / "configs" / "metadata.json").is_file()
