@@ -673,6 +673,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
             "PYTHONPATH": os.pathsep.join([*self.enginePythonPath(), *([inherited] if inherited else [])]),
             "PYTHONUNBUFFERED": "1",
             "PYTHONIOENCODING": "utf-8",
+            "SLICER_XAI_PROGRESS": "all",  # every step from the start: the progress bar moves at once
         })
         return [self.pythonExecutable(), "-m", "XAICommandLine", *arguments], environment
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import TextIO
+from typing import Optional, TextIO
 
-__all__ = ["ProgressPrinter"]
+__all__ = ["ProgressPrinter", "PROGRESS_ENV"]
+
+#: Set to ``all`` by a program that reads the progress lines (the Slicer modules): every step is printed
+#: from the start, so a progress bar moves at once and a short run still ends at 100 %.
+PROGRESS_ENV = "SLICER_XAI_PROGRESS"
 
 
 class ProgressPrinter:
-    """Progress on stderr once a run has taken more than a second; a bar on a terminal, lines otherwise."""
+    """Progress on stderr once a run has taken more than a second (from the start with
+    ``SLICER_XAI_PROGRESS=all``); a bar on a terminal, lines otherwise."""
 
-    def __init__(self, stream: TextIO = sys.stderr, delay_s: float = 1.0, every_s: float = 0.5) -> None:
+    def __init__(self, stream: TextIO = sys.stderr, delay_s: Optional[float] = None, every_s: float = 0.5) -> None:
         self.stream = stream
         self.start = time.monotonic()
-        self.delay_s = delay_s
+        self.delay_s = delay_s if delay_s is not None else (0.0 if os.environ.get(PROGRESS_ENV) == "all" else 1.0)
         self.every_s = every_s
         self.last = 0.0
         self.last_message = ""
