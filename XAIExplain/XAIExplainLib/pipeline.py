@@ -124,7 +124,7 @@ def predict_logits(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
         return sliding_window_inference(inputs, roi_size=model.spec.input.patch_size, sw_batch_size=2,
-                                        predictor=model.network, overlap=0.25, mode="gaussian")
+                                        predictor=model.network, overlap=model.spec.input.overlap, mode="gaussian")
     return model.network(inputs)
 
 
@@ -475,4 +475,5 @@ def build_provenance(model: LoadedModel, method: str, parameters: dict, target: 
         "uncertainty": {"method": uncertainty, "samples": samples if uncertainty in ("mc-dropout", "tta") else None},
         "seed": seed,
         "input_geometry": describe_geometry(image),
+        "preprocessing": model.describe_preprocessing(),
     }

@@ -63,6 +63,8 @@ class InputSpec:
     divisible_by: int = 1
     patch_size: Optional[tuple[int, int, int]] = None
     max_grid_voxels: int = MAX_MODEL_GRID_VOXELS
+    #: Fraction by which sliding windows overlap (the bundle's inferer, else MONAI's default 0.25).
+    overlap: float = 0.25
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any], covers_whole_image: bool) -> "InputSpec":
@@ -79,15 +81,17 @@ class InputSpec:
             card.add_error(error)
         divisible_by = card.integer(meta, "divisible_by", 1, low=1, high=256)
         limit = card.integer(meta, "max_grid_voxels", MAX_MODEL_GRID_VOXELS, low=1, high=MAX_MODEL_GRID_VOXELS)
+        overlap = card.number(meta, "overlap", 0.25, low=0.0, high=0.95)
         card.raise_if_any()
         if covers_whole_image:
-            return cls(spacing, orientation, None, divisible_by, size, limit)
-        return cls(spacing, orientation, size, divisible_by, None, limit)
+            return cls(spacing, orientation, None, divisible_by, size, limit, overlap)
+        return cls(spacing, orientation, size, divisible_by, None, limit, overlap)
 
 
 @dataclass(frozen=True)
 class IntensitySpec:
-    """How raw intensities become network inputs (``zscore``, ``percentile`` or ``ct_window``)."""
+    """How raw intensities become network inputs (``zscore``, ``percentile``, ``ct_window``, ``scale_range``
+    or ``none``)."""
 
     kind: str = "zscore"
     params: Mapping[str, float] = field(default_factory=dict)
@@ -97,7 +101,7 @@ class IntensitySpec:
         if not isinstance(meta, Mapping):
             raise XAIModelError(f"Model metadata xai.intensity must be an object, not {type(meta).__name__}.")
         kind = meta.get("kind", "zscore")
-        if kind not in ("zscore", "percentile", "ct_window", "none"):
+        if kind not in ("zscore", "percentile", "ct_window", "scale_range", "none"):
             raise XAIModelError(f"Unknown intensity normalisation {kind!r} in model metadata.")
         card = CardProblems("xai.intensity")
         params: dict[str, Any] = {}
@@ -116,6 +120,15 @@ class IntensitySpec:
                 raise XAIModelError("Intensity normalisation 'ct_window' needs 'center' and 'width'.")
             params["center"] = card.number(meta, "center", None, low=-1e6, high=1e6)
             params["width"] = card.number(meta, "width", None, low=1e-6, high=1e7)
+        elif kind == "scale_range":  # MONAI's ScaleIntensityRange(a_min, a_max, b_min, b_max, clip)
+            for key, default in (("a_min", None), ("a_max", None), ("b_min", 0.0), ("b_max", 1.0)):
+                params[key] = card.number(meta, key, default, low=-1e7, high=1e7)
+            clip = meta.get("clip", False)
+            if not isinstance(clip, bool):
+                card.add(f"xai.intensity.clip must be true or false, not {clip!r}")
+            params["clip"] = clip
+            if not card and params["a_min"] == params["a_max"]:
+                card.add("xai.intensity.a_min and a_max must differ")
         card.raise_if_any()
         return cls(kind, params)
 
@@ -265,6 +278,8 @@ def normalise_intensity(array: np.ndarray, spec: IntensitySpec) -> np.ndarray:
       ``NormalizeIntensity(nonzero=True)`` does for skull-stripped MRI.
     * ``percentile``: map the ``lower``..``upper`` percentiles to 0..1, clipped.
     * ``ct_window``: map Hounsfield units ``center ± width/2`` to 0..1, clipped.
+    * ``scale_range``: MONAI's ``ScaleIntensityRange``: ``a_min..a_max`` linearly onto ``b_min..b_max``,
+      clipped to it if ``clip``.
 
     The arithmetic is in float64: in float32, values near ±3e38 overflow the mean and standard deviation
     into NaN. A result float32 cannot hold is refused rather than passed to the network.
@@ -284,6 +299,12 @@ def normalise_intensity(array: np.ndarray, spec: IntensitySpec) -> np.ndarray:
     elif spec.kind == "ct_window":
         low = float(params["center"]) - float(params["width"]) / 2.0
         normalised = np.clip((array - low) / float(params["width"]), 0.0, 1.0)
+    elif spec.kind == "scale_range":
+        low, high = float(params["a_min"]), float(params["a_max"])
+        b_low, b_high = float(params["b_min"]), float(params["b_max"])
+        normalised = (array - low) / (high - low) * (b_high - b_low) + b_low
+        if params.get("clip"):
+            normalised = np.clip(normalised, min(b_low, b_high), max(b_low, b_high))
     else:
         normalised = array
     if not np.all(np.isfinite(normalised)) or np.abs(normalised).max() > np.finfo(np.float32).max:

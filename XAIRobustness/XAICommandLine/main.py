@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("name", help="bundled model name, bundle folder or TorchScript file")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_models_show)
+    derived = model_commands.add_parser(
+        "card", help="the card read from a bundle as published: each entry's source, what is missing, CAM layers")
+    derived.add_argument("bundle", help="bundle folder (or bundled model name)")
+    derived.add_argument("--trust-bundle", action="store_true",
+                         help="allow the bundle's config to run Python code (only for bundles you trust)")
+    derived.add_argument("--json", action="store_true", help="print only the card, as JSON")
+    derived.set_defaults(handler=_models_card)
 
     data = commands.add_parser("data", help="synthetic cases with ground truth")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_OneLineParser)
@@ -270,6 +277,42 @@ def _models_show(args: argparse.Namespace) -> int:
                 print(f"  {sub_key}: {json.dumps(sub_value) if not isinstance(sub_value, str) else sub_value}")
         else:
             print(f"{key}: {', '.join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value}")
+    return 0
+
+
+def _models_card(args: argparse.Namespace) -> int:
+    from XAIExplainLib.errors import XAIModelError
+    from XAIExplainLib.models import derive_bundle_card, load_model, resolve_model_path, suggest_cam_layers
+
+    path = resolve_model_path(args.bundle)
+    if not path.is_dir():
+        raise XAIInputError(f"{path.name} is not a bundle folder: a TorchScript model's card must be written by hand.")
+    card = derive_bundle_card(path)
+    layers: list[str] = []
+    problem = ""
+    if not card.missing:
+        try:
+            model = load_model(path, trust_bundle=args.trust_bundle)
+            size = model.spec.input.size or model.spec.input.patch_size or (32, 32, 32)
+            layers = suggest_cam_layers(model.network, model.spec.task, model.spec.num_channels, size)
+        except XAIModelError as error:
+            problem = str(error)
+    if layers and "cam_target_layer" not in card.xai:
+        card.xai["cam_target_layer"] = layers[0]
+        card.note("cam_target_layer", "suggested from the network's layers")
+    if args.json:
+        print(json.dumps(card.xai, indent=2))
+        return 0
+    print(f"Card of {path.name} (put it under \"xai\" in configs/metadata.json to change any entry):")
+    print(json.dumps(card.xai, indent=2))
+    print("Where each entry comes from:")
+    for key, source in card.sources.items():
+        print(f"  {key}: {source}")
+    print("Missing: " + ("; ".join(card.missing) if card.missing else "nothing"))
+    if layers:
+        print("Grad-CAM layers (best first): " + ", ".join(layers))
+    if problem:
+        print(f"The network could not be built: {problem}")
     return 0
 
 

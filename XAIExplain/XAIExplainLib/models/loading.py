@@ -26,6 +26,8 @@ import torch
 from ..errors import XAIModelError
 from ..resources import bundled_models_dir, resources_dir
 from .pooling import MaxPooledClassifier, pooled_layer_name
+from .derive import derive_card
+from .layers import suggest_cam_layers
 from .safe_config import build_network
 from .spec import ModelSpec
 
@@ -77,6 +79,21 @@ class LoadedModel:
             "source": self.source,
         }
 
+    def describe_preprocessing(self) -> dict:
+        """What was done to the image before the network saw it, and where the card says so."""
+        grid = self.spec.input
+        return {
+            "orientation": grid.orientation,
+            "spacing_mm": list(grid.spacing_mm),
+            "size": list(grid.size) if grid.size else None,
+            "sliding_window": {"size": list(grid.patch_size), "overlap": grid.overlap} if grid.patch_size else None,
+            "divisible_by": grid.divisible_by,
+            "intensity": {"kind": self.spec.intensity.kind, **dict(self.spec.intensity.params)},
+            "output_activation": self.spec.output_activation,
+            "cam_target_layer": self.spec.cam_target_layer,
+            "card_sources": dict(self.spec.metadata.get("_xai_sources", {})),
+        }
+
 
 def list_bundled_models() -> list[dict]:
     """Name, path and card summary of each bundle under ``Resources/Models`` (unreadable ones flagged)."""
@@ -114,8 +131,42 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_model_spec(path: Path) -> ModelSpec:
-    """Parse the model card of a bundle folder or TorchScript file without loading any weights."""
-    return ModelSpec.from_metadata(_read_metadata(path), default_name=path.name)
+    """Parse the model card of a bundle folder or TorchScript file without loading any weights.
+
+    A bundle folder's card is derived from the bundle as published (:func:`.derive.derive_card`), its own
+    ``xai`` section overriding entry by entry; a TorchScript file needs the ``xai`` section.
+    """
+    return ModelSpec.from_metadata(card_metadata(path), default_name=path.name)
+
+
+def card_metadata(path: Path) -> dict:
+    """The metadata of a bundle or TorchScript model with its effective ``xai`` card (derived for a bundle)."""
+    metadata = _read_metadata(path)
+    if path.is_dir():
+        derived = derive_bundle_card(path, metadata)
+        metadata = {**metadata, "xai": derived.xai, "_xai_sources": derived.sources}
+        if derived.missing:
+            raise XAIModelError(f"Bundle {path.name}: explaining it needs what neither the bundle nor an xai card in "
+                                f"its metadata gives: " + "; ".join(derived.missing)
+                                + f" (see: slicer-xai models card {path.name}).")
+    return metadata
+
+
+def derive_bundle_card(path: Path, metadata: Optional[dict] = None):
+    """What :func:`.derive.derive_card` reads from the bundle folder ``path`` (``DerivedCard``)."""
+    metadata = metadata if metadata is not None else _read_metadata(path)
+    return derive_card(metadata, read_inference_config(path, required=False))
+
+
+def read_inference_config(path: Path, required: bool = True) -> Optional[dict]:
+    """The bundle's ``configs/inference.json`` or ``inference.yaml`` (YAML read with ``safe_load``: plain data)."""
+    for name in ("inference.json", "inference.yaml", "inference.yml"):
+        config_file = path / "configs" / name
+        if config_file.is_file():
+            return _read_json(config_file) if name.endswith(".json") else _read_yaml(config_file)
+    if required:
+        raise XAIModelError(f"Bundle {path.name} has no configs/inference.json (or .yaml) describing its network.")
+    return None
 
 
 def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> LoadedModel:
@@ -134,7 +185,7 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
             f"{weights.name} does not match the SHA-256 recorded in the model's metadata "
             f"(recorded {spec.weights_sha256[:12]}…, found {sha256[:12]}…): the file is corrupt or was replaced."
         )
-    has_network_config = path.is_dir() and (path / "configs" / "inference.json").is_file()
+    has_network_config = path.is_dir() and read_inference_config(path, required=False) is not None
     if _is_torchscript(weights) and not has_network_config:
         if not trust_bundle:
             raise XAIModelError(
@@ -146,11 +197,21 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
     else:
         network, source = _load_bundle_network(path, weights, trust_bundle), "bundle"
     _check_input_channels(network, spec, path.name)
+    if not spec.cam_target_layer and source == "bundle":
+        suggested = suggest_cam_layers(network, spec.task, spec.num_channels, _probe_size(spec))
+        if suggested:
+            spec = dataclasses.replace(spec, cam_target_layer=suggested[0])
     if spec.output_pooling is not None:
         network = MaxPooledClassifier(network, spec.positive_class, spec.output_activation)
         spec = dataclasses.replace(spec, cam_target_layer=pooled_layer_name(spec.cam_target_layer))
     network.eval()
     return LoadedModel(network=network, spec=spec, path=path.absolute(), sha256=sha256, source=source)
+
+
+def _probe_size(spec: ModelSpec) -> tuple[int, ...]:
+    """An input size the network accepts, to trace its layers: its window, else a small divisible cube."""
+    size = spec.input.size or spec.input.patch_size
+    return tuple(size) if size else (max(32, 4 * spec.input.divisible_by),) * 3
 
 
 def file_sha256(path: Path) -> str:
@@ -230,6 +291,24 @@ def _read_json(path: Path) -> dict:
     return _parse_json(text, label)
 
 
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    label = f"{path.parent.name}/{path.name}"
+    try:
+        if path.stat().st_size > MAX_METADATA_BYTES:
+            raise XAIModelError(f"{label} is larger than {MAX_METADATA_BYTES // 2**20} MB; refused.")
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)  # plain data only: no tags that construct objects
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise XAIModelError(f"Could not read {label} as YAML ({_one_line(error)}).") from None
+    except RecursionError:
+        raise XAIModelError(f"{label} nests too deeply to be a bundle config; refused.") from None
+    if not isinstance(data, dict):
+        raise XAIModelError(f"{label} is not a YAML mapping.")
+    return data
+
+
 def _parse_json(text: str, label: str) -> dict:
     try:
         data = json.loads(text)
@@ -259,10 +338,7 @@ def _load_torchscript(weights: Path) -> torch.nn.Module:
 
 
 def _load_bundle_network(path: Path, weights: Path, trust_bundle: bool) -> torch.nn.Module:
-    inference = path / "configs" / "inference.json"
-    if not inference.is_file():
-        raise XAIModelError(f"Bundle {path.name} has no configs/inference.json describing its network.")
-    config = _read_json(inference)
+    config = read_inference_config(path)
     if not trust_bundle:
         # Sized on the meta device first: no memory is allocated for a network that its weights cannot fill.
         skeleton = build_network(config, device="meta")

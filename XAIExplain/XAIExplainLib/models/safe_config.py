@@ -155,6 +155,9 @@ def _downloads_disabled() -> Iterator[None]:
 
 
 def _allowed_class(target: Any, path: str) -> type:
+    # MONAI's short names ("UNet", "SegResNet"), as most zoo bundles write them, are its network classes.
+    if isinstance(target, str) and target.isidentifier():
+        target = ALLOWED_TARGET_PREFIXES[0] + target
     if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES) or "$" in target:
         raise XAIModelError(
             f"inference.json: '{path}' asks for {target!r}, which is not a network class from "
