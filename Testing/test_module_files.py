@@ -19,7 +19,7 @@ ALLOWED_TOP_LEVEL_IMPORTS = {
     "typing", "unittest", "dataclasses", "pathlib",
 }
 # Engine modules a module file may import at load time: standard library only (checked below).
-LIGHT_ENGINE_MODULES = {"XAIExplainLib.resources", "XAIExplainLib.background"}
+LIGHT_ENGINE_MODULES = {"XAIExplainLib.resources", "XAIExplainLib.background", "XAIExplainLib.bundle_card"}
 # Widget classes the parameter node wrapper can connect, per field type.
 CONNECTABLE = {
     "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyComboBox"},

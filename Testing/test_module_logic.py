@@ -97,3 +97,24 @@ def test_sample_cases_are_registered_with_sample_data(explainModule, monkeypatch
         path = Path(url2pathname(urlparse(entry["uris"]).path))
         assert urlparse(entry["uris"]).scheme == "file" and path.is_file() and path.name == entry["fileNames"]
         assert entry["loadFileTypes"] == "VolumeFile" and Path(entry["thumbnailFileName"]).is_file()
+
+
+def test_the_slicer_logic_explains_a_zoo_bundle(explainModule, tmp_path):
+    from conftest import make_image
+    from XAIExplainLib import mrml
+    from zoo_bundles import SPLEEN_LIKE, write_zoo_bundle
+
+    bundle = str(write_zoo_bundle(tmp_path / "spleen_ct_segmentation", SPLEEN_LIKE))
+    logic = explainModule.XAIExplainLogic()
+    assert logic.modelClassNames(bundle) == ["background", "spleen"]
+    assert logic.clinicalTasks(bundle)[0][0] == "ct-structure-segmentation"
+    scene = slicer.vtkMRMLScene()
+    inputNode = mrml.imageToVolumeNode(scene, make_image(size=(40, 36, 30), spacing=(1.2, 1.2, 2.0)), "ct")
+    parameters = types.SimpleNamespace(
+        inputVolume=inputNode, model=bundle, trustModel=False, clinicalTask="", target="", samples=2,
+        audience=explainModule.Audience.RADIOLOGIST, method=explainModule.ExplanationMethod.GRADCAM,
+        uncertaintyMethod=explainModule.UncertaintyMethod.NONE, opacity=0.5, threshold=0.2,
+        outputSaliency=None, outputUncertainty=None)
+    nodes = logic.explain(parameters)
+    assert nodes.saliency.GetImageData().GetDimensions() == inputNode.GetImageData().GetDimensions()
+    assert nodes.segmentation is not None

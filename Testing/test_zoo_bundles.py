@@ -103,3 +103,70 @@ def test_models_card_prints_the_card_and_cam_layers(spleen):
     assert "Missing: nothing" in shown.stdout and "Grad-CAM layers (best first): " in shown.stdout
     card = json.loads(_cli("models", "card", str(spleen), "--json").stdout)
     assert card["class_names"] == ["background", "spleen"] and card["cam_target_layer"]
+
+
+def _network(**changes):
+    return {**SPLEEN_LIKE["network_def"], **changes}
+
+
+@pytest.mark.parametrize("network_def, message", [
+    (_network(spatial_dims=2), r"is a 2D network; SlicerXAI explains 3-D volumes"),
+    ({"_target_": "VarAutoEncoder", "spatial_dims": 3, "in_shape": [1, 32, 32, 32], "out_channels": 2,
+      "latent_size": 2, "channels": [4, 8], "strides": [2, 2]}, r"returns tuple, not one tensor \(a detection"),
+    (_network(out_channels=3), r"returns a 1x3x32x32x32 output .* needs a 3-D map of 2 channels"),
+])
+def test_networks_outside_scope_get_one_line(tmp_path, network_def, message):
+    bundle = write_zoo_bundle(tmp_path / "bundle", SPLEEN_LIKE, network_def=network_def)
+    with pytest.raises(XAIModelError, match=message):
+        load_model(bundle)
+
+
+def test_a_trusted_build_failure_names_its_real_cause(tmp_path):
+    bundle = write_zoo_bundle(tmp_path / "bundle", SPLEEN_LIKE)
+    config = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))
+    config["network_def"]["channels"] = "$[4, 8, 16, 32][:1 // 0]"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(XAIModelError, match=r"trusted bundle \(ZeroDivisionError: integer division or modulo by zero\)"):
+        load_model(bundle, trust_bundle=True)
+
+
+def test_the_default_target_is_the_largest_predicted_structure():
+    import torch
+
+    from XAIExplainLib.pipeline import largest_predicted_structure
+
+    scores = torch.zeros(1, 4, 4, 4, 4)
+    scores[0, 0] = 1.0  # background everywhere but where a structure wins
+    scores[0, 2, :1] = 2.0  # 16 voxels of structure 2
+    scores[0, 3, 1:3] = 2.0  # 32 voxels of structure 3
+    assert largest_predicted_structure(torch.softmax(scores, dim=1), multilabel=False) == 3
+    assert largest_predicted_structure(torch.softmax(torch.zeros(1, 4, 2, 2, 2) + torch.tensor([1.0, 0, 0, 0])[None, :, None, None, None], dim=1), False) == 1
+    labels = torch.zeros(1, 3, 4, 4, 4)
+    labels[0, 0] = 0.9  # multi-label: channel 0 is a structure (tumour core), not background
+    labels[0, 1, :1] = 0.9
+    assert largest_predicted_structure(labels, multilabel=True) == 0
+
+
+def test_a_report_for_a_bundle_that_names_no_task_uses_the_generic_one(spleen, tmp_path):
+    sitk.WriteImage(make_image(size=(40, 36, 30), spacing=(1.2, 1.2, 2.0), blob_index=(20, 18, 15)),
+                    str(tmp_path / "ct.nii.gz"))
+    done = _cli("report", str(tmp_path / "ct.nii.gz"), "--model", str(spleen), "--samples", "2",
+                "--out", str(tmp_path / "report.html"))
+    assert done.returncode == 0, done.stderr
+    assert "Structure segmentation (CT, any model)" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+SWIN = {"_target_": "SwinUNETR", "in_channels": 1, "out_channels": 2, "feature_size": 12, "spatial_dims": 3}
+
+
+def test_a_network_that_cannot_be_built_on_meta_is_built_within_its_weights(tmp_path):
+    # SwinUNETR computes its drop-path rates with tensors while it is built: no values on the meta device.
+    bundle = write_zoo_bundle(tmp_path / "swin_unetr", SPLEEN_LIKE, network_def=SWIN)
+    model = load_model(bundle)
+    assert model.spec.cam_target_layer in dict(model.network.named_modules())
+    # The same weights under a config four times as wide: refused while it is built, not after.
+    config = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))
+    config["network_def"]["feature_size"] = 48
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(XAIModelError, match=r"needs more than \d+ MB of tensors, more than its weights file holds"):
+        load_model(bundle)

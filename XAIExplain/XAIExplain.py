@@ -29,6 +29,7 @@ from slicer.util import VTKObservationMixin
 # (standard library) and the background-job runner (standard library) are imported here.
 from XAIExplainLib import resources
 from XAIExplainLib.background import ProcessJob
+from XAIExplainLib.bundle_card import derive_card
 
 #: The demo model bundles and the sample case, inside the engine package (installed with the module).
 BUNDLED_MODELS_DIR = str(resources.bundled_models_dir())
@@ -42,7 +43,7 @@ MINIMUM_PYTHON_VERSION = (3, 10)
 TORCH_REQUIREMENT = ">=2.8,<=2.13.0"
 MINIMUM_TORCH_VERSION = (2, 8)
 #: Everything else the engine needs (torch comes from the PyTorch extension, and is held at its version).
-PYTHON_REQUIREMENTS = ["monai==1.6.1", "captum==0.9.0", "scipy>=1.11", "nibabel>=5"]
+PYTHON_REQUIREMENTS = ["monai==1.6.1", "captum==0.9.0", "scipy>=1.11", "nibabel>=5", "einops>=0.8", "PyYAML>=6"]
 
 
 #
@@ -505,7 +506,9 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
                 metadata = json.load(metadataFile)
         except (OSError, ValueError):
             return None
-        xai = metadata.get("xai") or {}
+        # The card as the engine reads it (a zoo bundle's own metadata, overridden by its xai section);
+        # metadata only, so the pickers fill before the engine's dependencies are installed.
+        xai = derive_card(metadata, None).xai if isinstance(metadata, dict) else {}
         return {
             "title": str(metadata.get("name") or os.path.basename(bundlePath)),
             "class_names": [str(c) for c in xai.get("class_names", [])],
@@ -518,9 +521,12 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def clinicalTasks(model: str = "") -> list:
-        """``(id, title)`` of the catalogue's tasks that ``model`` serves (all of them when its card names
-        none). Reads JSON only, so the picker fills before the engine's dependencies are installed."""
+        """``(id, title)`` of the catalogue's tasks that ``model`` serves (when its card names none, the generic
+        task of its kind and modality, else all of them). Reads JSON only, so the picker fills before the
+        engine's dependencies are installed."""
         from XAIExplainLib import tasks
+
+        from XAIExplainLib.errors import XAIInputError
 
         catalogue = tasks.load_catalogue()
         served = []
@@ -528,6 +534,11 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
             path = model if os.path.isdir(model) else os.path.join(BUNDLED_MODELS_DIR, model)
             card = XAIExplainLogic._modelCard(path) or {}
             served = tasks.tasks_for_model(card, catalogue)
+            if not served:  # a bundle that names no task: the generic one of its kind and modality
+                try:
+                    served = [tasks.task_for_model(card, catalogue)]
+                except XAIInputError:
+                    served = []
         return [(t.id, t.title) for t in (served or catalogue.tasks.values())]
 
     @staticmethod
@@ -563,7 +574,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
     def dependenciesMissing() -> list:
         import importlib.util
 
-        return [name for name in ("torch", "monai", "captum", "scipy", "nibabel") if importlib.util.find_spec(name) is None]
+        return [name for name in ("torch", "monai", "captum", "scipy", "nibabel", "einops", "yaml")
+                if importlib.util.find_spec(name) is None]
 
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
         """Install torch (through the PyTorch extension) and the engine's requirements, keeping torch at the

@@ -345,7 +345,9 @@ def resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.
         index = spec.class_index(target) if target is not None else int(probabilities[0].argmax())
         description = f"logit of class '{spec.class_names[index]}'" + (" (predicted)" if target is None else "")
         return Target(class_logit(index), index, spec.class_names[index], description)
-    default = spec.positive_class if spec.positive_class is not None else min(1, len(spec.class_names) - 1)
+    multilabel = is_multilabel(model, probabilities)
+    default = spec.positive_class if spec.positive_class is not None else largest_predicted_structure(probabilities,
+                                                                                                     multilabel)
     index = spec.class_index(target) if target is not None else default
     if target_mask is not None:
         mask_on_grid = sitk.Resample(sitk.Cast(target_mask, sitk.sitkFloat32), case.grid, sitk.Transform(),
@@ -355,13 +357,32 @@ def resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.
             raise XAIInputError("The target mask has no voxels inside the model's field of view.")
         description = f"'{spec.class_names[index]}' logits summed over the given mask"
     else:
-        region = probabilities[0].argmax(dim=0) == index
+        region = probabilities[0, index] > 0.5 if multilabel else probabilities[0].argmax(dim=0) == index
         description = f"'{spec.class_names[index]}' logits summed over the predicted region"
         if not region.any():
             # Nothing predicted: explain what pushes the whole volume towards the class instead.
             region = torch.ones_like(region)
             description = f"'{spec.class_names[index]}' logits summed over the whole volume (none predicted)"
     return Target(region_logit_sum(index, region), index, spec.class_names[index], description, int(region.sum()), region)
+
+
+def is_multilabel(model: LoadedModel, probabilities: torch.Tensor) -> bool:
+    """Whether each output channel is a structure of its own (sigmoid over several channels, as BraTS'
+    tumour core / whole tumour / enhancing tumour): structures may overlap and none is background."""
+    return model.spec.output_activation == "sigmoid" and probabilities.shape[1] == len(model.spec.class_names) > 1
+
+
+def largest_predicted_structure(probabilities: torch.Tensor, multilabel: bool) -> int:
+    """The structure predicted over the most voxels (channel 0 is background unless ``multilabel``); the first
+    structure when none is predicted."""
+    first = 0 if multilabel or probabilities.shape[1] == 1 else 1
+    if multilabel:
+        counts = (probabilities[0] > 0.5).flatten(1).sum(dim=1)
+    else:
+        counts = torch.bincount(probabilities[0].argmax(dim=0).flatten(), minlength=probabilities.shape[1])
+    structures = range(first, probabilities.shape[1])
+    best = max(structures, key=lambda c: int(counts[c]))
+    return best if int(counts[best]) > 0 else first
 
 
 def explainer_params(method: str, seed: int, overrides: Optional[dict[str, Any]]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from .resources import tasks_dir
 
 __all__ = [
     "CATALOGUE_ENV",
+    "task_for_model",
     "MethodAdvice",
     "BenchEvidence",
     "UncertaintyAdvice",
@@ -142,6 +143,8 @@ class ClinicalTask:
     trust: TrustThresholds
     review: Mapping[str, float] = field(default_factory=dict)
     evidence: Optional[BenchEvidence] = None
+    #: A task for any model of its kind and modality (a model whose card names no task gets it).
+    generic: bool = False
 
     @property
     def recommended_methods(self) -> tuple[str, ...]:
@@ -234,6 +237,23 @@ def tasks_for_model(model: Any, catalogue: Optional[TaskCatalogue] = None) -> li
     """Catalogue tasks a model serves (its card's ``clinical_tasks`` that exist in the catalogue)."""
     catalogue = catalogue or load_catalogue()
     return [catalogue.tasks[t] for t in _model_field(model, "clinical_tasks") or () if t in catalogue.tasks]
+
+
+def task_for_model(model: Any, catalogue: Optional[TaskCatalogue] = None) -> ClinicalTask:
+    """The model's first catalogue task; for a model whose card names none (a bundle brought by its user),
+    the generic task of its kind and modality. Raises :class:`XAIInputError` naming the choices otherwise."""
+    catalogue = catalogue or load_catalogue()
+    served = tasks_for_model(model, catalogue)
+    if served:
+        return served[0]
+    kind, modality = _model_field(model, "task"), (_model_field(model, "modality") or "").upper()
+    generic = [t for t in catalogue.tasks.values() if t.generic and kind in t.model_tasks]
+    fitting = [t for t in generic if t.modality.upper() == modality]
+    if fitting:
+        return fitting[0]
+    name = _model_field(model, "name") or "the model"
+    raise XAIInputError(f"Model {name} names no clinical task and its modality is {modality or 'not stated'}: "
+                        f"give one with --task ({', '.join(t.id for t in generic) or 'none fits a ' + str(kind)}).")
 
 
 def check_model_for_task(model: Any, task: str | ClinicalTask) -> Optional[str]:
@@ -358,6 +378,7 @@ def _parse_task(raw: Mapping[str, Any]) -> ClinicalTask:
             insertion_auc_margin=float(faithfulness.get("insertion_auc_margin", defaults.insertion_auc_margin)),
         ),
         review={str(k): float(v) for k, v in (raw.get("review") or {}).items()},
+        generic=raw.get("generic") is True,
     )
 
 

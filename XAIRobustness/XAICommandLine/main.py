@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="a self-contained HTML report of one case for one audience")
     report.add_argument("input", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder")
     report.add_argument("--model", required=True, help="bundled model name, bundle folder or TorchScript file")
-    report.add_argument("--task", help="clinical task id (default: the model's first clinical task)")
+    report.add_argument("--task", help="clinical task id (default: the model's first clinical task, else the "
+                                       "generic task of its kind and modality)")
     report.add_argument("--audience", default="radiologist", help="radiologist, researcher or teaching")
     report.add_argument("--mask", help="lesion mask to outline on the key slices (and to score the evidence)")
     report.add_argument("--robustness", metavar="PATH",
@@ -321,9 +322,8 @@ def _report(args: argparse.Namespace) -> int:
     from XAIExplainLib.imageio import read_image
     from XAIExplainLib.models import load_model
     from XAIExplainLib.report import build_report, write_report
-    from XAIExplainLib.tasks import get_task
-
     from XAIExplainLib.imageio import check_output_location
+    from XAIExplainLib.tasks import get_task, task_for_model
 
     out = check_output_location(args.out, folder=False)
     if out.suffix.lower() not in (".html", ".htm"):
@@ -337,9 +337,7 @@ def _report(args: argparse.Namespace) -> int:
     mask = read_image(args.mask) if args.mask else None
     model = load_model(args.model, trust_bundle=args.trust_bundle)
     if task is None:
-        if not model.spec.clinical_tasks:
-            raise XAIInputError(f"Model {model.model_id} lists no clinical task: give one with --task.")
-        task = get_task(model.spec.clinical_tasks[0])
+        task = task_for_model(model.spec)
     printer = ProgressPrinter()
     try:
         report = build_report(image, model, task, args.audience, lesion=mask, trust=trust, uncertainty=args.uncertainty,

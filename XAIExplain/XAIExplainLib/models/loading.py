@@ -26,9 +26,9 @@ import torch
 from ..errors import XAIModelError
 from ..resources import bundled_models_dir, resources_dir
 from .pooling import MaxPooledClassifier, pooled_layer_name
-from .derive import derive_card
-from .layers import suggest_cam_layers
-from .safe_config import build_network
+from ..bundle_card import derive_card
+from .layers import suggest_cam_layers, trace_network
+from .safe_config import MetaBuildError, build_network
 from .spec import ModelSpec
 
 __all__ = [
@@ -48,6 +48,8 @@ __all__ = [
 MAX_METADATA_BYTES = 4 * 2**20
 #: The network may hold at most this many bytes more than its weights file (buffers, rounding).
 _WEIGHTS_SIZE_SLACK_BYTES = 1 * 2**20
+#: Tensors a constructor may create beside its parameters (masks, index tables) when built on the CPU.
+_BUILD_WORKSPACE_BYTES = 64 * 2**20
 
 @dataclass
 class LoadedModel:
@@ -133,7 +135,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 def read_model_spec(path: Path) -> ModelSpec:
     """Parse the model card of a bundle folder or TorchScript file without loading any weights.
 
-    A bundle folder's card is derived from the bundle as published (:func:`.derive.derive_card`), its own
+    A bundle folder's card is derived from the bundle as published
+    (:func:`XAIExplainLib.bundle_card.derive_card`), its own
     ``xai`` section overriding entry by entry; a TorchScript file needs the ``xai`` section.
     """
     return ModelSpec.from_metadata(card_metadata(path), default_name=path.name)
@@ -153,7 +156,7 @@ def card_metadata(path: Path) -> dict:
 
 
 def derive_bundle_card(path: Path, metadata: Optional[dict] = None):
-    """What :func:`.derive.derive_card` reads from the bundle folder ``path`` (``DerivedCard``)."""
+    """What :func:`XAIExplainLib.bundle_card.derive_card` reads from the bundle folder ``path`` (``DerivedCard``)."""
     metadata = metadata if metadata is not None else _read_metadata(path)
     return derive_card(metadata, read_inference_config(path, required=False))
 
@@ -197,13 +200,16 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
     else:
         network, source = _load_bundle_network(path, weights, trust_bundle), "bundle"
     _check_input_channels(network, spec, path.name)
-    if not spec.cam_target_layer and source == "bundle":
-        suggested = suggest_cam_layers(network, spec.task, spec.num_channels, _probe_size(spec))
-        if suggested:
-            spec = dataclasses.replace(spec, cam_target_layer=suggested[0])
     if spec.output_pooling is not None:
         network = MaxPooledClassifier(network, spec.positive_class, spec.output_activation)
         spec = dataclasses.replace(spec, cam_target_layer=pooled_layer_name(spec.cam_target_layer))
+    trace = trace_network(network, spec.num_channels, _probe_size(spec)) if source == "bundle" else None
+    if trace is not None:
+        _check_output(trace.output, spec, path.name)
+        if not spec.cam_target_layer:
+            suggested = suggest_cam_layers(network, spec.task, spec.num_channels, (), trace=trace)
+            if suggested:
+                spec = dataclasses.replace(spec, cam_target_layer=suggested[0])
     network.eval()
     return LoadedModel(network=network, spec=spec, path=path.absolute(), sha256=sha256, source=source)
 
@@ -339,17 +345,28 @@ def _load_torchscript(weights: Path) -> torch.nn.Module:
 
 def _load_bundle_network(path: Path, weights: Path, trust_bundle: bool) -> torch.nn.Module:
     config = read_inference_config(path)
-    if not trust_bundle:
-        # Sized on the meta device first: no memory is allocated for a network that its weights cannot fill.
-        skeleton = build_network(config, device="meta")
-        _check_network_fits_weights(skeleton, weights)
-        state = _read_state_dict(weights)
-        _load_weights(skeleton, state, weights.name, assign=True)
-    else:
-        state = _read_state_dict(weights)
-    network = build_network(config, trust_bundle=trust_bundle)
-    _load_weights(network, state, weights.name)
+    network = build_network(config, trust_bundle=True) if trust_bundle else _build_untrusted(config, weights)
+    _load_weights(network, _read_state_dict(weights), weights.name)
     return network
+
+
+def _build_untrusted(config: dict, weights: Path) -> torch.nn.Module:
+    """The network of an untrusted config, never allocating more than its weights file could fill.
+
+    It is sized on the meta device first, and the weights are matched against that skeleton; a network that
+    computes with tensors while it is built (no values on meta) is built on the CPU with its allocations
+    counted instead.
+    """
+    try:
+        skeleton = build_network(config, device="meta")
+    except MetaBuildError:
+        limit = weights.stat().st_size + _WEIGHTS_SIZE_SLACK_BYTES + _BUILD_WORKSPACE_BYTES
+        network = build_network(config, max_bytes=limit)
+        _check_network_fits_weights(network, weights)
+        return network
+    _check_network_fits_weights(skeleton, weights)
+    _load_weights(skeleton, _read_state_dict(weights), weights.name, assign=True)
+    return build_network(config)
 
 
 def _check_network_fits_weights(skeleton: torch.nn.Module, weights: Path) -> None:
@@ -407,11 +424,32 @@ def _summarise_mismatch(error: RuntimeError) -> str:
 
 def _check_input_channels(network: torch.nn.Module, spec: ModelSpec, name: str) -> None:
     first_conv = _first_convolution(network)
+    if isinstance(first_conv, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+        raise XAIModelError(
+            f"Model {name} is a {first_conv.__class__.__name__[-2:].upper()} network; SlicerXAI explains 3-D "
+            f"volumes with 3-D networks (spatial_dims 3).")
     if first_conv is not None and first_conv.in_channels != spec.num_channels:
         raise XAIModelError(
             f"Model {name}: its metadata says {spec.num_channels} input channel(s) but the network's first "
             f"layer takes {first_conv.in_channels}."
         )
+
+
+def _check_output(output: Any, spec: ModelSpec, name: str) -> None:
+    """Refuse, in one line, a network whose output the engine cannot explain: not one tensor (a detection
+    head's boxes), not the card's class count, or not a map when the card says segmentation."""
+    if not isinstance(output, torch.Tensor):
+        raise XAIModelError(
+            f"Model {name} returns {type(output).__name__}, not one tensor (a detection network?): SlicerXAI explains "
+            f"classifiers (class scores) and segmentation networks (a score map per class).")
+    expected = 2 if spec.task == "classification" else 5
+    channels = 1 if spec.output_activation == "sigmoid" and len(spec.class_names) == 2 else len(spec.class_names)
+    if output.dim() != expected or output.shape[1] not in {channels, len(spec.class_names)}:
+        shape = "x".join(str(n) for n in output.shape)
+        want = f"{len(spec.class_names)} class scores" if spec.task == "classification" else \
+            f"a 3-D map of {len(spec.class_names)} channels"
+        raise XAIModelError(f"Model {name} returns a {shape} output for one 3-D input, where its card ({spec.task}, "
+                            f"{len(spec.class_names)} classes) needs {want}.")
 
 
 def _first_convolution(network: torch.nn.Module) -> Optional[torch.nn.modules.conv._ConvNd]:

@@ -16,11 +16,12 @@ import importlib
 import re
 import socket
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Iterator, Mapping, Optional
 from unittest import mock
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..errors import XAIModelError
 
@@ -41,10 +42,12 @@ _DOWNLOAD_MODULES = ("monai.", "torch.hub", "urllib.request", "torchvision.", "h
 
 
 def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bundle: bool = False,
-                  device: Optional[str] = None) -> torch.nn.Module:
+                  device: Optional[str] = None, max_bytes: Optional[int] = None) -> torch.nn.Module:
     """Instantiate ``config[key]``; refuse code expressions, downloads and paths unless ``trust_bundle``.
 
-    ``device="meta"`` builds the network without allocating its tensors (to size it first).
+    ``device="meta"`` builds the network without allocating its tensors (to size it first); a network whose
+    constructor computes with tensors cannot be built there (:class:`MetaBuildError`). ``max_bytes`` stops an
+    untrusted build once the tensors it has created exceed that many bytes.
     """
     if key not in config:
         raise XAIModelError(f"The bundle's inference.json has no '{key}' entry describing the network.")
@@ -55,13 +58,59 @@ def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bun
         try:
             network = parser.get_parsed_content(key)
         except Exception as error:  # any failure of the trusted config is the bundle's
-            raise XAIModelError(f"Could not build the network from the trusted bundle ({error}).") from None
+            raise XAIModelError(f"Could not build the network from the trusted bundle ({_root_cause(error)}).") from None
     else:
-        with _downloads_disabled(), torch.device(device or "cpu"):
-            network = _instantiate(config[key], config, path=key)
+        limit = _AllocationLimit(max_bytes) if max_bytes is not None else nullcontext()
+        try:
+            with _downloads_disabled(), torch.device(device or "cpu"), limit:
+                network = _instantiate(config[key], config, path=key)
+        except XAIModelError as error:
+            if device == "meta" and "meta" in str(error):
+                raise MetaBuildError(str(error)) from None
+            raise
     if not isinstance(network, torch.nn.Module):
         raise XAIModelError(f"'{key}' in inference.json does not describe a torch network.")
     return network
+
+
+class MetaBuildError(XAIModelError):
+    """The network's constructor computes with tensor values (SwinUNETR's drop-path rates), which the
+    ``meta`` device does not have."""
+
+
+class _AllocationLimit(TorchFunctionMode):
+    """Counts the bytes of every tensor a factory function creates while a network is built, and stops the
+    build beyond ``max_bytes``: large tensors are mapped lazily, so the count is checked before a
+    parameter's initialisation writes (touches) its memory."""
+
+    _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+                  torch.tensor, torch.as_tensor, torch.arange, torch.linspace, torch.logspace, torch.eye,
+                  torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like, torch.rand_like,
+                  torch.randn_like, torch.empty_strided}
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func in self._FACTORIES and isinstance(result, torch.Tensor):
+            self.used += result.numel() * result.element_size()
+            if self.used > self.max_bytes:
+                raise XAIModelError(
+                    f"The network in inference.json needs more than {self.max_bytes / 2**20:.0f} MB of tensors, more "
+                    f"than its weights file holds: they do not belong together; refused while building it.")
+        return result
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error of a chain, on one line: MONAI's parser wraps the real cause (a missing package,
+    a wrong argument) in messages about the config component."""
+    while (error.__cause__ or error.__context__) is not None and len(str(error)) > 0:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
 
 
 def _instantiate(node: Any, root: Mapping[str, Any], path: str, depth: int = 0) -> Any:

@@ -111,6 +111,10 @@ def _derive_grid(metadata: Mapping[str, Any], config: Mapping[str, Any], card: D
     grid: dict[str, Any] = {}
     image = _mapping(_mapping(_mapping(metadata.get("network_data_format")).get("inputs")).get("image"))
     shape = image.get("spatial_shape")
+    modality = image.get("modality")
+    if isinstance(modality, str) and modality.strip().upper() in ("CT", "MR", "MRI"):
+        card.xai["modality"] = "MR" if modality.strip().upper() == "MRI" else modality.strip().upper()
+        card.note("modality", "network_data_format.inputs.image.modality")
     if card.xai.get("task") == "classification" and isinstance(shape, list) and len(shape) == 3 and \
             all(isinstance(n, int) and n > 0 for n in shape):
         grid["size"] = shape  # a classifier sees a fixed-size input
