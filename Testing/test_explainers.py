@@ -184,11 +184,11 @@ class _TwoReaders(torch.nn.Module):
 
 @pytest.mark.parametrize("shared, expected", [(False, 2), (True, 0)])
 def test_summed_gradients_through_the_first_convolutions_equal_the_plain_sum(shared, expected):
-    from XAIExplainLib.explainers.gradients import _input_gradients, input_convolutions, weighted_input_gradient
+    from XAIExplainLib.explainers.gradients import input_gradients, input_convolutions, weighted_input_gradient
 
     network = _TwoReaders(shared).eval()
     assert len(input_convolutions(network)) == expected  # a convolution called twice is not summed through
     inputs = torch.randn(3, 1, 9, 8, 7, generator=torch.Generator().manual_seed(1))
     weights = torch.tensor([0.2, 0.5, 0.3])
-    plain = (_input_gradients(network, inputs, class_logit(1)) * weights.view(-1, 1, 1, 1, 1)).sum(dim=0, keepdim=True)
+    plain = (input_gradients(network, inputs, class_logit(1)) * weights.view(-1, 1, 1, 1, 1)).sum(dim=0, keepdim=True)
     torch.testing.assert_close(weighted_input_gradient(network, inputs, weights, class_logit(1)), plain)

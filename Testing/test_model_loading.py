@@ -113,8 +113,9 @@ def test_a_model_for_two_input_volumes_does_not_fit_one_image(tmp_path):
     two = dict(CLASSIFIER_DEF, n_input_channels=2)
     bundle = write_bundle(tmp_path / "t1-t2", two, build(two), CLASSIFIER_XAI, num_channels=2)
     model = load_model(bundle)
-    with pytest.raises(XAIModelError, match="takes 2 input channels"):
+    with pytest.raises(XAIModelError, match=r"takes 2 input volume\(s\), one per channel in this order: channel 1, channel 2; 1 given"):
         prepare_case(make_image(), model)
+    assert prepare_case(make_image(), model, [make_image(seed=1)]).inputs.shape[:2] == (1, 2)
 
 
 def test_missing_xai_card_is_explained(classifier_bundle, tmp_path):

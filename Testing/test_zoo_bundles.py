@@ -170,3 +170,33 @@ def test_a_network_that_cannot_be_built_on_meta_is_built_within_its_weights(tmp_
     (bundle / "configs" / "inference.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(XAIModelError, match=r"needs more than \d+ MB of tensors, more than its weights file holds"):
         load_model(bundle)
+
+
+def test_a_multi_channel_model_takes_one_volume_per_channel(tmp_path):
+    network = {**BRATS_LIKE["network_def"], "in_channels": 2}
+    bundle = write_zoo_bundle(tmp_path / "brats", BRATS_LIKE, network_def=network)
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    metadata["network_data_format"]["inputs"]["image"].update(num_channels=2, channel_def={"0": "T1c", "1": "FLAIR"})
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    t1c = make_image(size=(40, 36, 30), spacing=(1.0, 1.0, 1.5), blob_index=(25, 18, 15))
+    # FLAIR on its own grid (another spacing and origin, same region): resampled onto the T1c grid.
+    flair = make_image(size=(30, 28, 24), spacing=(1.3, 1.3, 1.9), origin=(0.5, -0.5, 0.2), seed=3)
+    for name, image in (("t1c", t1c), ("flair", flair)):
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+    done = _cli("explain", str(tmp_path / "t1c.nii.gz"), str(tmp_path / "flair.nii.gz"), "--model", str(bundle),
+                "--method", "gradient", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
+    saliency = sitk.ReadImage(str(tmp_path / "out" / result["files"]["saliency"]))
+    assert saliency.GetSize() == t1c.GetSize() and np.allclose(saliency.GetSpacing(), t1c.GetSpacing())
+    shares = result["explanation"]["channel_evidence"]["shares"]
+    assert set(shares) == {"T1c", "FLAIR"} and abs(sum(shares.values()) - 1.0) < 1e-6
+    assert len(result["inputs"]) == 2
+
+    one = _cli("explain", str(tmp_path / "t1c.nii.gz"), "--model", str(bundle), "--out", str(tmp_path / "one"))
+    assert one.returncode == 2 and "one per channel in this order: T1c, FLAIR; 1 given" in one.stderr
+    elsewhere = make_image(size=(20, 20, 20), origin=(500.0, 500.0, 500.0))
+    sitk.WriteImage(elsewhere, str(tmp_path / "elsewhere.nii.gz"))
+    apart = _cli("explain", str(tmp_path / "t1c.nii.gz"), str(tmp_path / "elsewhere.nii.gz"), "--model", str(bundle),
+                 "--out", str(tmp_path / "apart"))
+    assert apart.returncode == 2 and "input 2 (FLAIR) does not cover the centre" in apart.stderr

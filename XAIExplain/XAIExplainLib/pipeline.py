@@ -98,18 +98,57 @@ class ExplanationResult:
         }
 
 
-def prepare_case(image: sitk.Image, model: LoadedModel) -> PreparedCase:
-    """Resample ``image`` onto the model's grid and normalise it as the model card says."""
-    validate_image(image)
-    if model.spec.num_channels != 1:
-        channels = f" ({', '.join(model.spec.channel_names)})" if model.spec.channel_names else ""
+def prepare_case(image: sitk.Image, model: LoadedModel, other_channels: Sequence[sitk.Image] = ()) -> PreparedCase:
+    """Resample ``image`` (and, for a multi-channel model, its ``other_channels`` in the card's channel order)
+    onto the model's grid, set by ``image``, and normalise each channel as the model card says."""
+    volumes = [image, *other_channels]
+    for index, volume in enumerate(volumes):
+        validate_image(volume, _channel_label(model, index) if 1 < len(volumes) <= model.spec.num_channels else "image")
+    if len(volumes) != model.spec.num_channels:
+        names = channel_names(model)
         raise XAIModelError(
-            f"Model {model.model_id} takes {model.spec.num_channels} input channels{channels}, but the image "
-            f"is a single volume: pick a model made for one input volume."
-        )
+            f"Model {model.model_id} takes {model.spec.num_channels} input volume(s), one per channel in this order: "
+            f"{', '.join(names)}; {len(volumes)} given.")
     grid = model_grid(image, model.spec.input)
-    array = normalise_intensity(to_model_grid(image, grid), model.spec.intensity)
-    return PreparedCase(image=image, grid=grid, inputs=torch.from_numpy(array)[None, None])
+    for index, volume in enumerate(other_channels, start=1):
+        _check_same_region(image, volume, _channel_label(model, index))
+    arrays = [normalise_intensity(to_model_grid(volume, grid), model.spec.intensity) for volume in volumes]
+    return PreparedCase(image=image, grid=grid, inputs=torch.from_numpy(np.stack(arrays))[None])
+
+
+def channel_names(model: LoadedModel) -> tuple[str, ...]:
+    """The card's name of each input channel (``channel_def``), numbered when the card names too few."""
+    names, count = model.spec.channel_names, model.spec.num_channels
+    return tuple(names) if len(names) == count else tuple(f"channel {i + 1}" for i in range(count))
+
+
+def _channel_label(model: LoadedModel, index: int) -> str:
+    return f"input {index + 1} ({channel_names(model)[index]})"
+
+
+def _check_same_region(reference: sitk.Image, volume: sitk.Image, label: str) -> None:
+    """Refuse a channel that does not cover the first input's centre: it would be resampled to nothing."""
+    size = np.asarray(reference.GetSize(), dtype=float)
+    centre = reference.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2).tolist())
+    index = np.asarray(volume.TransformPhysicalPointToContinuousIndex(centre))
+    if np.any(index < -0.5) or np.any(index > np.asarray(volume.GetSize()) - 0.5):
+        raise XAIInputError(f"{label} does not cover the centre of the first input: the inputs must be the same "
+                            f"region (the sequences of one study).")
+
+
+def channel_evidence(model: LoadedModel, inputs: torch.Tensor, target: Target) -> Optional[dict[str, Any]]:
+    """How much of the target's evidence each input channel carried: each channel's share of the summed
+    |gradient x input| (Shrikumar et al., "Not Just a Black Box", 2016), one extra backward pass whatever the
+    method (the maps themselves add or pool the channels). None for a one-channel model."""
+    if inputs.shape[1] < 2:
+        return None
+    from .explainers.gradients import input_gradients
+
+    contribution = (input_gradients(model.network, inputs, target.fn) * inputs).abs()[0].flatten(1).sum(dim=1)
+    total = float(contribution.sum())
+    names = channel_names(model)
+    return {"measure": "share of |gradient x input| per input channel (Shrikumar et al. 2016)",
+            "shares": {names[c]: (float(contribution[c]) / total if total > 0 else 0.0) for c in range(inputs.shape[1])}}
 
 
 def uses_sliding_window(model: LoadedModel, inputs: torch.Tensor) -> bool:
@@ -157,6 +196,7 @@ def explain_image(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     cache: Optional[CaseCache] = None,
+    other_channels: Sequence[sitk.Image] = (),
 ) -> ExplanationResult:
     """Predict, explain and (optionally) estimate uncertainty for one case.
 
@@ -164,7 +204,9 @@ def explain_image(
     class for segmentation). ``target_mask``: for segmentation, the region whose logits are explained
     (default: the predicted region). ``uncertainty``: ``none``, ``mc-dropout``, ``tta`` or
     ``ensemble`` (with ``ensemble`` the other models). Same ``seed``, same result. ``cache``: the open
-    case's cache; what it already knows is reused (and listed in ``reused``).
+    case's cache; what it already knows is reused (and listed in ``reused``). ``other_channels``: for a
+    multi-channel model, its inputs after ``image``, in the card's channel order (``image`` sets the grid
+    of every map).
     """
     if method not in EXPLAINERS:
         raise XAIInputError(f"Unknown explanation method '{method}'; choose one of {', '.join(EXPLAINERS)}.")
@@ -172,6 +214,8 @@ def explain_image(
         raise XAIInputError(f"Unknown uncertainty method '{uncertainty}'; choose one of {', '.join(UNCERTAINTY_METHODS)}.")
     if uncertainty == "ensemble" and not ensemble:
         raise XAIInputError("Ensemble uncertainty needs at least one more model (--ensemble-model).")
+    if other_channels and ensemble:
+        raise XAIInputError("Ensemble uncertainty takes single-volume models; this run has several input volumes.")
     if samples < 2 and uncertainty in ("mc-dropout", "tta"):
         raise XAIInputError("Uncertainty needs at least 2 samples.")
     for other in ensemble:
@@ -182,7 +226,8 @@ def explain_image(
     timings: dict[str, float] = {}
     reused: list[str] = []
     torch.manual_seed(seed)
-    entry = cache.case(image, model) if cache is not None else None
+    # The cache knows a case by its first volume only: a multi-channel case is never reused.
+    entry = cache.case(image, model) if cache is not None and not other_channels else None
     if entry is not None and entry.prepared is not None:
         case, probabilities, prediction, segmentation = entry.prepared, entry.probabilities, entry.prediction, entry.segmentation
         cache.hits["forward"] += 1
@@ -191,7 +236,7 @@ def explain_image(
         with torch.no_grad():
             clock = time.perf_counter()
             stage.report(0.0, "preparing the image")
-            case = prepare_case(image, model)
+            case = prepare_case(image, model, other_channels)
             timings["preprocess"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -236,6 +281,9 @@ def explain_image(
                    "description": resolved.description, "region_voxels": resolved.region_voxels},
         "statistics": map_statistics(saliency),
     }
+    shares = channel_evidence(model, case.inputs, resolved)
+    if shares is not None:
+        explanation["channel_evidence"] = shares
 
     uncertainty_map, uncertainty_info = None, {"method": "none"}
     if uncertainty != "none":

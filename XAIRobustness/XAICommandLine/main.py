@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     explain = commands.add_parser("explain", help="explain a model's decision on one image")
-    explain.add_argument("input", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder")
+    explain.add_argument("input", nargs="+", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder; for a "
+                                                  "multi-channel model one per channel, in the card's channel order")
     explain.add_argument("--model", required=True, help="bundled model name, bundle folder or TorchScript file")
     explain.add_argument("--method", default="gradcam", choices=_METHOD_CHOICES)
     explain.add_argument("--target", help="class index or name to explain (default: the predicted class)")
@@ -173,7 +174,7 @@ def _explain(args: argparse.Namespace) -> int:
     out = check_output_location(args.out)  # before any work: an unwritable --out is found at once
     if args.samples < 2:
         raise XAIInputError("--samples must be at least 2.")
-    image = read_image(args.input)
+    image, *other_channels = [read_image(path) for path in args.input]
     target_mask = read_mask(args.target_mask) if args.target_mask else None
     model = load_model(args.model, trust_bundle=args.trust_bundle)
     ensemble = [load_model(name, trust_bundle=args.trust_bundle) for name in args.ensemble_model]
@@ -185,7 +186,8 @@ def _explain(args: argparse.Namespace) -> int:
     try:
         result = explain_image(image, model, method=args.method, target=args.target, target_mask=target_mask,
                                uncertainty=args.uncertainty, samples=args.samples, ensemble=ensemble,
-                               method_params=params or None, seed=args.seed, progress=printer)
+                               method_params=params or None, seed=args.seed, progress=printer,
+                               other_channels=other_channels)
     finally:
         printer.close()
     suffix = _FORMATS[args.format]
@@ -194,7 +196,9 @@ def _explain(args: argparse.Namespace) -> int:
         files["uncertainty"] = f"uncertainty{suffix}"
     if result.segmentation is not None:
         files["segmentation"] = f"segmentation{suffix}"
-    report = {"input": str(Path(args.input).absolute()), "files": {**files, "result": "result.json"}, **result.to_json()}
+    inputs = [str(Path(path).absolute()) for path in args.input]
+    report = {"input": inputs[0], **({"inputs": inputs} if len(inputs) > 1 else {}),
+              "files": {**files, "result": "result.json"}, **result.to_json()}
     with staged_output_dir(out) as staging:
         write_image(result.saliency, staging / files["saliency"])
         if result.uncertainty is not None:

@@ -65,7 +65,7 @@ def weighted_input_gradient(network: torch.nn.Module, inputs: torch.Tensor, weig
     """``sum_b weights[b] * d target(network(inputs))[b] / d inputs[b]``, ``[1, C, *spatial]``, one backward pass."""
     convolutions = input_convolutions(network)
     if not convolutions:
-        gradients = _input_gradients(network, inputs, target)
+        gradients = input_gradients(network, inputs, target)
         return (gradients * weights.view(-1, *([1] * (inputs.dim() - 1)))).sum(dim=0, keepdim=True)
     outputs: dict[torch.nn.Module, torch.Tensor] = {}
 
@@ -89,7 +89,7 @@ def weighted_input_gradient(network: torch.nn.Module, inputs: torch.Tensor, weig
     return total
 
 
-def _input_gradients(network: torch.nn.Module, inputs: torch.Tensor, target: TargetFn) -> torch.Tensor:
+def input_gradients(network: torch.nn.Module, inputs: torch.Tensor, target: TargetFn) -> torch.Tensor:
     """d target / d inputs for a batch, one backward pass."""
     with torch.enable_grad():
         inputs = inputs.detach().requires_grad_(True)
@@ -112,7 +112,7 @@ class InputGradient(Explainer):
     def attribute(self, inputs: torch.Tensor, target: TargetFn, stage: Optional[Stage] = None) -> torch.Tensor:
         maps = []
         for part in batched(inputs.shape[0], self.batch_size(inputs[:1], copies=inputs.shape[0])):
-            maps.append(_input_gradients(self.network, inputs[part], target).abs().amax(dim=1, keepdim=True))
+            maps.append(input_gradients(self.network, inputs[part], target).abs().amax(dim=1, keepdim=True))
             if stage is not None:
                 stage.report(part.stop / inputs.shape[0], self.title)
         return torch.cat(maps)
