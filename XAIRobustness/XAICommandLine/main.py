@@ -128,29 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What ends a run without an error of the engine's own: its one line and exit code.
+_PLAIN_EXITS = {
+    _Terminated: ("terminated; no results were kept.", EXIT_TERMINATED),
+    KeyboardInterrupt: ("interrupted; no results were kept.", EXIT_CANCELLED),
+    MemoryError: ("error: out of memory; try a smaller image or fewer samples.", EXIT_USAGE),
+    RecursionError: ("error: the input nests too deeply to be read.", EXIT_USAGE),
+}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.handler(args) or 0)
-    except _Terminated:
-        print("slicer-xai: terminated; no results were kept.", file=sys.stderr)
-        return EXIT_TERMINATED
+    except tuple(_PLAIN_EXITS) as error:
+        message, code = next(value for kind, value in _PLAIN_EXITS.items() if isinstance(error, kind))
+        print(f"slicer-xai: {message}", file=sys.stderr)
+        return code
     except XAICancelled as error:
         print(f"slicer-xai: {error}", file=sys.stderr)
         return EXIT_CANCELLED
-    except KeyboardInterrupt:
-        print("slicer-xai: interrupted; no results were kept.", file=sys.stderr)
-        return EXIT_CANCELLED
     except XAIError as error:
         print(f"slicer-xai: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except MemoryError:
-        print("slicer-xai: error: out of memory; try a smaller image or fewer samples.", file=sys.stderr)
-        return EXIT_USAGE
-    except RecursionError:
-        print("slicer-xai: error: the input nests too deeply to be read.", file=sys.stderr)
         return EXIT_USAGE
     except Exception as error:  # a bug of ours: still one line, the traceback on request
         if args.debug:

@@ -285,45 +285,46 @@ def _torchscript_extra_file(path: Path, name: str) -> Optional[str]:
     return data.decode("utf-8", errors="replace")
 
 
-def _read_json(path: Path) -> dict:
+def _read_text(path: Path, kind: str) -> tuple[str, str]:
+    """``(text, label)`` of a card or config file, refused above :data:`MAX_METADATA_BYTES`."""
     label = f"{path.parent.name}/{path.name}"
     try:
         if path.stat().st_size > MAX_METADATA_BYTES:
             raise XAIModelError(f"{label} is larger than {MAX_METADATA_BYTES // 2**20} MB; refused.")
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            return handle.read(), label
     except (OSError, UnicodeDecodeError) as error:
-        raise XAIModelError(f"Could not read {label} as JSON ({_one_line(error)}).") from None
-    return _parse_json(text, label)
+        raise XAIModelError(f"Could not read {label} as {kind} ({_one_line(error)}).") from None
+
+
+def _read_json(path: Path) -> dict:
+    return _parse_json(*_read_text(path, "JSON"))
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    label = f"{path.parent.name}/{path.name}"
-    try:
-        if path.stat().st_size > MAX_METADATA_BYTES:
-            raise XAIModelError(f"{label} is larger than {MAX_METADATA_BYTES // 2**20} MB; refused.")
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)  # plain data only: no tags that construct objects
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise XAIModelError(f"Could not read {label} as YAML ({_one_line(error)}).") from None
-    except RecursionError:
-        raise XAIModelError(f"{label} nests too deeply to be a bundle config; refused.") from None
-    if not isinstance(data, dict):
-        raise XAIModelError(f"{label} is not a YAML mapping.")
-    return data
+    return _parse_config(*_read_text(path, "YAML"), kind="YAML")
 
 
 def _parse_json(text: str, label: str) -> dict:
+    return _parse_config(text, label, kind="JSON")
+
+
+def _parse_config(text: str, label: str, kind: str) -> dict:
+    """JSON or YAML text as a mapping (YAML with ``safe_load``: plain data, no tags that build objects)."""
+    if kind == "YAML":
+        import yaml
+
+        loads, invalid = yaml.safe_load, yaml.YAMLError
+    else:
+        loads, invalid = json.loads, json.JSONDecodeError
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise XAIModelError(f"Could not read {label} as JSON ({error}).") from None
+        data = loads(text)
+    except invalid as error:
+        raise XAIModelError(f"Could not read {label} as {kind} ({_one_line(error)}).") from None
     except RecursionError:
-        raise XAIModelError(f"{label} nests its JSON too deeply to be a model card or config; refused.") from None
+        raise XAIModelError(f"{label} nests its {kind} too deeply to be a model card or config; refused.") from None
     if not isinstance(data, dict):
-        raise XAIModelError(f"{label} is not a JSON object.")
+        raise XAIModelError(f"{label} is not a {kind} object.")
     return data
 
 
