@@ -824,7 +824,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         return ExplanationResult(saliency=outputs.saliency, prediction=outputs.prediction,
                                  explanation=report.get("explanation", {}), provenance=outputs.provenance,
                                  uncertainty=outputs.uncertainty, uncertainty_info=report.get("uncertainty", {}),
-                                 segmentation=outputs.segmentation)
+                                 segmentation=outputs.segmentation, applicability=report.get("applicability", {}))
 
     def summaryText(self, parameters, result=None) -> str:
         """The written summary of ``result`` (default: the last one shown) for ``parameters.audience``,

@@ -27,6 +27,7 @@ from .imageio import describe_geometry, validate_image
 from .models import LoadedModel
 from .preprocessing import model_grid, normalise_intensity, to_input_grid, to_model_grid
 from .progress import CancelToken, ProgressCallback, Stage
+from .applicability import assess_applicability
 from .targets import Target, class_logit, region_logit_sum
 from .uncertainty import (
     UNCERTAINTY_METHODS,
@@ -86,6 +87,8 @@ class ExplanationResult:
     timings_s: dict = field(default_factory=dict)
     #: What came from the case cache instead of being computed (``forward``, ``map``, ``uncertainty``).
     reused: tuple[str, ...] = ()
+    #: Whether the case lies inside the training domain the card states (:mod:`XAIExplainLib.applicability`).
+    applicability: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -93,6 +96,7 @@ class ExplanationResult:
             "explanation": self.explanation,
             "uncertainty": self.uncertainty_info or {"method": "none"},
             "provenance": self.provenance,
+            "applicability": self.applicability or {"inside": None, "checks": []},
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
             **({"reused_from_cache": list(self.reused)} if self.reused else {}),
         }
@@ -310,6 +314,7 @@ def explain_image(
         uncertainty=uncertainty_map,
         uncertainty_info=uncertainty_info,
         segmentation=segmentation,
+        applicability=assess_applicability(image, model.spec.domain),
         timings_s=timings,
         reused=tuple(reused),
     )

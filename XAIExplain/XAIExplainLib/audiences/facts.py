@@ -172,6 +172,9 @@ def build_case_facts(
     checks = assess_trust(trust or TrustEvidence(), task, prediction.get("predicted_label"))
     review = list(uncertainty.reasons)
     review += [check.detail for check in checks if check.status == FAILED]
+    outside = [c["detail"] for c in (getattr(primary, "applicability", None) or {}).get("checks", []) if not c["inside"]]
+    if outside:
+        review.append("The case lies outside what the model was trained on: " + "; ".join(outside) + ".")
     if methods[primary_key].value_range[1] <= 0:
         review.append(f"The {methods[primary_key].title} map shows no evidence for the target at all.")
     all_caveats = list(caveats)

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from ..applicability import Domain
 from ..errors import XAIModelError
 from ..preprocessing import CardProblems, InputSpec, IntensitySpec
 from .pooling import POOLINGS
@@ -58,6 +59,7 @@ class ModelSpec:
     output_pooling: Optional[str] = None
     weights_sha256: Optional[str] = None
     description: str = ""
+    domain: Domain = field(default_factory=Domain)
     metadata: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -112,10 +114,11 @@ class ModelSpec:
         if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
             card.add("xai.weights_sha256 must be 64 hexadecimal digits")
         sections = {}
+        defaults = {"input": {}, "intensity": {"kind": "none"}, "domain": None}
         for key, parse in (("input", lambda m: InputSpec.from_metadata(m, covers_whole_image=covers_whole_image(xai))),
-                           ("intensity", IntensitySpec.from_metadata)):
+                           ("intensity", IntensitySpec.from_metadata), ("domain", Domain.from_metadata)):
             try:
-                sections[key] = parse(xai.get(key, {} if key == "input" else {"kind": "none"}))
+                sections[key] = parse(xai.get(key, defaults[key]))
             except XAIModelError as error:
                 card.add_error(error)
         if card:
@@ -137,6 +140,7 @@ class ModelSpec:
             output_pooling=pooling,
             weights_sha256=sha,
             description=str(metadata.get("description", "")),
+            domain=sections["domain"],
             metadata=metadata,
         )
 
