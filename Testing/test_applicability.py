@@ -57,3 +57,12 @@ def test_a_malformed_domain_is_refused_with_each_problem():
         Domain.from_metadata({"spacing_mm": {"min": [3, 3, 3], "max": [1, 1, 1]}})
     with pytest.raises(XAIModelError, match=r"intensity_range must be 2 numbers"):
         Domain.from_metadata({"intensity_range": "wide"})
+
+
+def test_the_demo_cards_state_the_domain_their_training_recipe_writes():
+    from XAIExplainLib.models import read_model_spec, resolve_model_path
+    from XAIExplainLib.training.recipes import RECIPES, TRAINING_DOMAINS
+
+    for recipe in RECIPES.values():
+        card = read_model_spec(resolve_model_path(recipe.name)).metadata["xai"]
+        assert card["domain"] == TRAINING_DOMAINS[recipe.kind]

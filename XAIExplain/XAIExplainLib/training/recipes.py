@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from .cards import MNI_NOTICE
 
-__all__ = ["ModelRecipe", "RECIPES", "CAM_TARGET_LAYERS", "unet_def"]
+__all__ = ["ModelRecipe", "RECIPES", "CAM_TARGET_LAYERS", "TRAINING_DOMAINS", "unet_def"]
 
 #: Both kinds: the output convolution, whose lesion channel is the dense lesion-evidence map — for the
 #: max-pooled classifiers the class activation map of a globally max-pooled network (Zhou et al., CVPR
@@ -85,8 +85,26 @@ class ModelRecipe:
         }
         if self.task == "classification":
             xai["output_pooling"] = "max"
+        xai["domain"] = TRAINING_DOMAINS[self.kind]
         return xai
 
+
+#: The input domain each kind of case was trained on (the model card's ``xai.domain``): the spacing the
+#: generator draws, and the 1st-99th percentile envelope of its intensities over 8 of its cases (seed 5).
+TRAINING_DOMAINS = {
+    "brain-mri": {
+        "spacing_mm": {"min": [1.8, 1.8, 2.0], "max": [2.2, 2.2, 3.0]},
+        "intensity_range": [0, 1500],
+        "source": "the training generator: spacing as it draws it (XAIExplainLib.data.brain: 1.8-2.2 mm in-plane, "
+                  "2-3 mm slices); intensities: the 1st-99th percentile envelope of 8 of its cases",
+    },
+    "chest-ct": {
+        "spacing_mm": {"min": [2.0, 2.0, 3.0], "max": [2.5, 2.5, 5.0]},
+        "intensity_range": [-1024, 550],
+        "source": "the training generator: spacing as it draws it (XAIExplainLib.data.chest: 2.0-2.5 mm in-plane, "
+                  "3-5 mm slices); intensities: the 1st-99th percentile envelope of 8 of its cases",
+    },
+}
 
 _BRAIN_LIMITS = (
     "Trained only on synthetic skull-stripped T1 volumes built from one template (MNI152 2009a); real scans, "
