@@ -92,6 +92,21 @@ def test_a_run_then_a_new_case_leaves_no_result_nodes(classifier_bundle, tmp_pat
     assert session.compute(session.input_image(), settings)[0].reused == ()  # a new case: computed afresh
 
 
+def test_a_zoo_bundle_runs_in_the_viewer_with_the_generic_task(tmp_path):
+    from zoo_bundles import SPLEEN_LIKE, write_zoo_bundle
+
+    bundle = write_zoo_bundle(tmp_path / "spleen_ct_segmentation", SPLEEN_LIKE)
+    session = ViewerSession(slicer.vtkMRMLScene())
+    case = make_image(size=(40, 36, 30), spacing=(1.2, 1.2, 2.0), blob_index=(20, 18, 15))
+    node = session.load_upload("ct.nii.gz", _nifti_bytes(case, tmp_path))
+    settings = RunSettings(model=str(bundle), method="gradcam", uncertainty="none", samples=2)
+    result, facts = session.compute(session.input_image(), settings)
+    session.apply(result, facts, settings, opacity=0.5, threshold=0.2)
+    assert facts is not None and facts.task.id == "ct-structure-segmentation"
+    assert result.saliency.GetSize() == case.GetSize()
+    assert node.GetImageData().GetDimensions() == case.GetSize()
+
+
 def _zip_bytes(members: dict, **options) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", **options) as bundle:

@@ -21,7 +21,7 @@ from XAIExplainLib.imageio import read_image, read_mask
 from XAIExplainLib.models import LoadedModel, list_bundled_models, load_model, resources_dir
 from XAIExplainLib.pipeline import CaseCache, ExplanationResult, explain_image
 from XAIExplainLib.progress import CancelToken, ProgressCallback
-from XAIExplainLib.tasks import get_task
+from XAIExplainLib.tasks import get_task, task_for_model
 
 from .checks import TrustChecks
 
@@ -156,10 +156,11 @@ class ViewerSession:
     def describe(self, image, result: ExplanationResult, settings: RunSettings) -> Optional[CaseFacts]:
         """The case's facts for the writers: result, clinical task, reference mask and the checks run so far."""
         spec = self.model(settings.model).spec
-        task_id = settings.task or (spec.clinical_tasks[0] if spec.clinical_tasks else None)
-        if task_id is None:
-            return None
-        return build_case_facts(image, {settings.method: result}, get_task(task_id), spec, EVIDENCE_TOP_PERCENT,
+        try:  # the model's own task, else the generic one of its kind and modality (a bundle brought by its user)
+            task = get_task(settings.task) if settings.task else task_for_model(spec)
+        except XAIInputError:
+            return None  # no task fits (the modality is not stated): maps without a written summary
+        return build_case_facts(image, {settings.method: result}, task, spec, EVIDENCE_TOP_PERCENT,
                                 lesion=self.reference_mask, trust=self.checks.evidence())
 
     def apply(self, result: ExplanationResult, facts: Optional[CaseFacts], settings: RunSettings, opacity: float,
