@@ -200,3 +200,23 @@ def test_a_multi_channel_model_takes_one_volume_per_channel(tmp_path):
     apart = _cli("explain", str(tmp_path / "t1c.nii.gz"), str(tmp_path / "elsewhere.nii.gz"), "--model", str(bundle),
                  "--out", str(tmp_path / "apart"))
     assert apart.returncode == 2 and "input 2 (FLAIR) does not cover the centre" in apart.stderr
+
+
+def test_sigmoid_structures_get_their_own_volumes_and_a_label_map(tmp_path):
+    import torch
+
+    from XAIExplainLib.pipeline import describe_prediction, prepare_case
+
+    model = load_model(write_zoo_bundle(tmp_path / "brats", BRATS_LIKE))
+    case = prepare_case(make_image(size=(32, 32, 32), spacing=(2.0, 2.0, 2.0)), model)
+    logits = torch.full((1, 3, *case.inputs.shape[2:]), -8.0)
+    logits[0, 1, 4:28, 4:28, 4:28] = 8.0  # whole tumour
+    logits[0, 0, 10:20, 10:20, 10:20] = 9.0  # tumour core, inside it
+    prediction, labels = describe_prediction(model, case, torch.sigmoid(logits))
+    assert prediction["multilabel"] and prediction["label_names"] == ["", "tumor core", "whole tumor", "enhancing tumor"]
+    assert prediction["predicted_label"] == "whole tumor" and prediction["volumes_ml"]["enhancing tumor"] == 0.0
+    volumes = prediction["volumes_ml"]
+    assert 0 < volumes["tumor core"] < volumes["whole tumor"]  # overlapping: each its own volume
+    values = set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist())
+    assert values == {0, 1, 2}  # none, core (where it overlaps the whole tumour, the more probable), whole
+    assert labels.GetSize() == case.image.GetSize()

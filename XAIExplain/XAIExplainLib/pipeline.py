@@ -62,13 +62,14 @@ class PreparedCase:
             array = array.detach().cpu().numpy()
         return to_input_grid(np.asarray(array, dtype=np.float32), self.grid, self.image, outside)
 
-    def probabilities_to_input_grid(self, probabilities: torch.Tensor) -> np.ndarray:
+    def probabilities_to_input_grid(self, probabilities: torch.Tensor, background: bool = True) -> np.ndarray:
         """Class probability maps ``[K, X, Y, Z]`` on the model grid -> ``[K, k, j, i]`` on the input grid.
 
-        Outside the model's field of view everything is background (class 0).
+        Outside the model's field of view everything is background: class 0 (``background``), or no structure
+        at all (multi-label outputs, where every channel is a structure).
         """
         return np.stack([
-            sitk.GetArrayFromImage(self.to_input_grid(probabilities[c], outside=1.0 if c == 0 else 0.0))
+            sitk.GetArrayFromImage(self.to_input_grid(probabilities[c], outside=1.0 if c == 0 and background else 0.0))
             for c in range(probabilities.shape[0])
         ])
 
@@ -363,6 +364,8 @@ def describe_prediction(model: LoadedModel, case: PreparedCase, probabilities: t
             "predicted_label": names[predicted],
             "confidence": float(p[predicted]),
         }, None
+    if is_multilabel(model, probabilities):
+        return _describe_structures(model, case, probabilities)
     # Segmentation: probabilities back on the input grid, then the label map there (argmax), so the
     # label map is as sharp as the input allows, not blocky at the model's spacing.
     on_input = case.probabilities_to_input_grid(probabilities[0])
@@ -385,6 +388,37 @@ def describe_prediction(model: LoadedModel, case: PreparedCase, probabilities: t
         "confidence": confidence,
         "volumes_ml": volumes,
         "found": bool(foreground.any()),
+    }, segmentation
+
+
+def _describe_structures(model: LoadedModel, case: PreparedCase, probabilities: torch.Tensor) -> tuple[dict, sitk.Image]:
+    """A multi-label prediction (one sigmoid channel per structure; structures may overlap, as BraTS' tumour
+    core inside the whole tumour): each structure's own volume, and a label map in which a voxel carries the
+    most probable of the structures present there (value = channel + 1; 0: none)."""
+    names = model.spec.class_names
+    on_input = case.probabilities_to_input_grid(probabilities[0], background=False)
+    present = on_input > 0.5
+    labels = np.where(present.any(axis=0), on_input.argmax(axis=0) + 1, 0).astype(np.uint8)
+    segmentation = sitk.GetImageFromArray(labels)
+    segmentation.CopyInformation(case.image)
+    voxel_ml = float(np.prod(case.image.GetSpacing())) / 1000.0
+    volumes = {name: float(present[c].sum() * voxel_ml) for c, name in enumerate(names)}
+    predicted = max(range(len(names)), key=lambda c: volumes[names[c]])
+    found = bool(present.any())
+    confidence = float(on_input[predicted][present[predicted]].mean()) if present[predicted].any() else \
+        float(1.0 - on_input.max(axis=0).mean())
+    mean_probabilities = probabilities[0].reshape(probabilities.shape[1], -1).mean(dim=1)
+    return {
+        "task": "segmentation",
+        "multilabel": True,
+        "class_names": list(names),
+        "label_names": ["", *names],  # label value -> structure (0: none)
+        "probabilities": {name: float(v) for name, v in zip(names, mean_probabilities)},
+        "predicted_class": predicted,
+        "predicted_label": names[predicted],
+        "confidence": confidence,
+        "volumes_ml": volumes,
+        "found": found,
     }, segmentation
 
 

@@ -249,7 +249,8 @@ def _emptyGridOf(volumeNode) -> sitk.Image:
 
 
 def _storeSegmentation(scene, inputNode, labelImage, prediction, segmentationNode, role="segmentation"):
-    classNames = list(prediction.get("class_names") or [])
+    # Label value -> name: the class index, or for multi-label outputs the structure + 1 (0: none).
+    classNames = list(prediction.get("label_names") or prediction.get("class_names") or [])
     if segmentationNode is None:
         segmentationNode = scene.AddNewNodeByClass(
             "vtkMRMLSegmentationNode", scene.GenerateUniqueName(resultNodeName(inputNode, role))
