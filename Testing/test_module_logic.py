@@ -118,3 +118,37 @@ def test_the_slicer_logic_explains_a_zoo_bundle(explainModule, tmp_path):
     nodes = logic.explain(parameters)
     assert nodes.saliency.GetImageData().GetDimensions() == inputNode.GetImageData().GetDimensions()
     assert nodes.segmentation is not None
+
+
+def test_the_slicer_logic_takes_one_volume_per_channel(explainModule, tmp_path):
+    import json
+
+    from conftest import make_image
+    from XAIExplainLib import mrml
+    from zoo_bundles import BRATS_LIKE, write_zoo_bundle
+
+    bundle = write_zoo_bundle(tmp_path / "brats", BRATS_LIKE, network_def={**BRATS_LIKE["network_def"], "in_channels": 2})
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    metadata["network_data_format"]["inputs"]["image"].update(num_channels=2, channel_def={"0": "T1c", "1": "FLAIR"})
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    logic = explainModule.XAIExplainLogic()
+    scene = slicer.vtkMRMLScene()
+    t1c = mrml.imageToVolumeNode(scene, make_image(size=(36, 32, 30), spacing=(1.0, 1.0, 1.5)), "t1c")
+    parameters = types.SimpleNamespace(
+        inputVolume=t1c, model=str(bundle), trustModel=False, clinicalTask="", target="", samples=2,
+        audience=explainModule.Audience.RADIOLOGIST, method=explainModule.ExplanationMethod.GRADIENT,
+        uncertaintyMethod=explainModule.UncertaintyMethod.NONE, opacity=0.5, threshold=0.2,
+        outputSaliency=None, outputUncertainty=None, channel2Volume=None, channel3Volume=None, channel4Volume=None)
+    assert logic.modelChannelNames(str(bundle)) == ["T1c", "FLAIR"]
+    assert logic.missingChannels(parameters) == ["FLAIR"]
+    with pytest.raises(ValueError, match="every input channel: FLAIR"):
+        logic.explain(parameters)
+    parameters.channel2Volume = mrml.imageToVolumeNode(scene, make_image(size=(30, 28, 24), spacing=(1.2, 1.2, 1.8),
+                                                                         seed=4), "flair")
+    nodes = logic.explain(parameters)
+    assert nodes.saliency.GetImageData().GetDimensions() == t1c.GetImageData().GetDimensions()
+    job = logic.launchExplain(parameters)  # the background run writes both volumes and passes both
+    assert job.wait(300) and job.returnCode == 0, job.errorMessage
+    assert sum(argument.endswith(".nrrd") for argument in job.argv) == 2
+    assert "channel_evidence" in logic.readRunResults(job).report["explanation"]
+    job.cleanup()

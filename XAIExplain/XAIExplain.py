@@ -35,6 +35,8 @@ from XAIExplainLib.bundle_card import derive_card
 BUNDLED_MODELS_DIR = str(resources.bundled_models_dir())
 SAMPLE_CASE_PATH = str(resources.sample_case_path())
 SAMPLE_MODEL_NAME = "brain-lesion-classifier"
+#: Input volumes a model may take (one per channel; BraTS-style models take four MRI sequences).
+MAX_INPUT_CHANNELS = 4
 #: The Slicer releases the extension supports: MONAI 1.6 and Captum 0.9 need Python 3.10 or later, which
 #: Slicer ships from 5.10 (Python 3.12); Slicer 5.6 and 5.8 ship Python 3.9.
 MINIMUM_SLICER_VERSION = "5.10"
@@ -158,6 +160,8 @@ class XAIExplainParameterNode:
     uncertaintyMethod, samples - how uncertainty is estimated and with how many samples.
     opacity - saliency opacity over the image; threshold - fraction of the saliency range hidden.
     outputSaliency, outputUncertainty - the result volumes of the last run.
+    channel2Volume..channel4Volume - for a model that takes several volumes (one per MRI sequence), its input
+        channels after the first, in the order its card names; resampled onto inputVolume's grid.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -173,6 +177,9 @@ class XAIExplainParameterNode:
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
     outputSaliency: vtkMRMLScalarVolumeNode
     outputUncertainty: vtkMRMLScalarVolumeNode
+    channel2Volume: vtkMRMLScalarVolumeNode
+    channel3Volume: vtkMRMLScalarVolumeNode
+    channel4Volume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -261,6 +268,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._populateModels()
+            self._showChannelSelectors()
             self._onParameterNodeModified()
 
     # --- model and target (lists depend on what is installed, so they are bound by hand) ---
@@ -297,6 +305,20 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.clinicalTask = ""
             self._populateTargets()
             self._populateClinicalTasks()
+            self._showChannelSelectors()
+
+    def _showChannelSelectors(self) -> None:
+        """One selector per input channel after the first, named as the model's card names them."""
+        names = self.logic.modelChannelNames(self._parameterNode.model) if self._parameterNode else []
+        for number in range(2, MAX_INPUT_CHANNELS + 1):
+            shown = number <= len(names)
+            label, selector = getattr(self.ui, f"channel{number}Label"), getattr(self.ui, f"channel{number}Selector")
+            label.text = (f"{names[number - 1]}:" if shown else _("Channel {number}:").format(number=number))
+            label.visible = selector.visible = shown
+        if names and len(names) > 1:
+            self.ui.label_1.text = f"{names[0]}:"
+        else:
+            self.ui.label_1.text = _("Input volume:")
 
     def onBrowseModel(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Select a model bundle folder"))
@@ -347,6 +369,10 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if self._unsupported:
             self.ui.applyButton.toolTip = self._unsupported
+            self.ui.applyButton.enabled = False
+        elif parameters.inputVolume and parameters.model and self.logic.missingChannels(parameters):
+            self.ui.applyButton.toolTip = _("Select the volume of every input channel: {names}.").format(
+                names=", ".join(self.logic.missingChannels(parameters)))
             self.ui.applyButton.enabled = False
         elif parameters.inputVolume and parameters.model:
             self.ui.applyButton.toolTip = _("Run the model and explain its decision on the input volume.")
@@ -496,6 +522,24 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         card = self._modelCard(path)
         return card["class_names"] if card else []
 
+    def modelChannelNames(self, model: str) -> list:
+        """The names of the model's input channels, in order (one name for a one-volume model)."""
+        if not model:
+            return []
+        path = model if os.path.isdir(model) else os.path.join(BUNDLED_MODELS_DIR, model)
+        card = self._modelCard(path)
+        return card["channel_names"] if card else []
+
+    def channelVolumes(self, parameters) -> list:
+        """The volumes of the model's input channels after the first, as selected (None where not yet)."""
+        count = len(self.modelChannelNames(parameters.model))
+        return [getattr(parameters, f"channel{number}Volume") for number in range(2, count + 1)]
+
+    def missingChannels(self, parameters) -> list:
+        """Names of the input channels that still need a volume."""
+        names = self.modelChannelNames(parameters.model)
+        return [name for name, volume in zip(names[1:], self.channelVolumes(parameters)) if volume is None]
+
     @staticmethod
     def _modelCard(bundlePath: str) -> Optional[dict]:
         metadataPath = os.path.join(bundlePath, "configs", "metadata.json")
@@ -515,6 +559,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
             "task": xai.get("task", ""),
             "clinical_tasks": [str(t) for t in xai.get("clinical_tasks", [])],
             "modality": xai.get("modality"),
+            "channel_names": _channelNames(metadata),
         }
 
     # --- clinical tasks and audiences (catalogue: Resources/Tasks/tasks.json) ---
@@ -691,9 +736,10 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
     # --- running ---
 
-    def explainArguments(self, parameters, inputPath: str, outputDirectory: str) -> list:
-        """The ``slicer-xai explain`` arguments for ``parameters``."""
-        arguments = ["explain", inputPath, "--model", parameters.model, "--method", parameters.method.value,
+    def explainArguments(self, parameters, inputPath, outputDirectory: str) -> list:
+        """The ``slicer-xai explain`` arguments for ``parameters`` (``inputPath``: one path, or one per channel)."""
+        inputPaths = [inputPath] if isinstance(inputPath, str) else list(inputPath)
+        arguments = ["explain", *inputPaths, "--model", parameters.model, "--method", parameters.method.value,
                      "--uncertainty", parameters.uncertaintyMethod.value, "--samples", str(parameters.samples),
                      "--format", "nrrd", "--out", outputDirectory]
         if parameters.target:
@@ -714,15 +760,24 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select an input volume."))
         workDirectory = tempfile.mkdtemp(prefix="SlicerXAI-")
         try:
-            inputPath = os.path.join(workDirectory, "input.nrrd")
-            sitk.WriteImage(mrml.volumeNodeToImage(inputVolume, sitk.sitkFloat32), inputPath)
+            inputPaths = []
+            for number, volume in enumerate(self._inputVolumes(parameters), start=1):
+                inputPaths.append(os.path.join(workDirectory, "input.nrrd" if number == 1 else f"input{number}.nrrd"))
+                sitk.WriteImage(mrml.volumeNodeToImage(volume, sitk.sitkFloat32), inputPaths[-1])
             outputDirectory = os.path.join(workDirectory, "results")
-            argv, environment = self.backgroundCommand(self.explainArguments(parameters, inputPath, outputDirectory))
+            argv, environment = self.backgroundCommand(self.explainArguments(parameters, inputPaths, outputDirectory))
             job = XAIExplainJob(argv, environment, outputDirectory=outputDirectory, temporaryDirectory=workDirectory)
             return job.start()
         except BaseException:
             shutil.rmtree(workDirectory, ignore_errors=True)
             raise
+
+    def _inputVolumes(self, parameters) -> list:
+        """The input volume, then one per further input channel of the model; refuses a missing one."""
+        missing = self.missingChannels(parameters)
+        if missing:
+            raise ValueError(_("Select the volume of every input channel: {names}.").format(names=", ".join(missing)))
+        return [parameters.inputVolume, *self.channelVolumes(parameters)]
 
     def startExplain(self, parameters, progressCallback=None, completedCallback=None, waitForCompletion=False):
         """Run the engine on ``parameters.inputVolume`` in a background process; return the job.
@@ -778,10 +833,10 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         from XAIExplainLib.pipeline import explain_image
 
         model = load_model(parameters.model, trust_bundle=parameters.trustModel)
-        image = mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32)
+        image, *others = [mrml.volumeNodeToImage(volume, sitk.sitkFloat32) for volume in self._inputVolumes(parameters)]
         result = explain_image(image, model, method=parameters.method.value, target=parameters.target or None,
                                uncertainty=parameters.uncertaintyMethod.value, samples=parameters.samples,
-                               progress=progress, cancel=cancel)
+                               progress=progress, cancel=cancel, other_channels=others)
         return self.applyResult(parameters, result)
 
     def applyResult(self, parameters, result):
@@ -845,6 +900,15 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         method = result.explanation.get("method", parameters.method.value)
         facts = build_case_facts(image, {method: result}, get_task(taskId), spec, EVIDENCE_TOP_PERCENT)
         return get_audience(parameters.audience.value).write(facts).as_text()
+
+
+def _channelNames(metadata: dict) -> list:
+    """Input channel names from ``network_data_format.inputs.image`` (``num_channels``, ``channel_def``)."""
+    image = ((metadata.get("network_data_format") or {}).get("inputs") or {}).get("image") or {}
+    count = image.get("num_channels", 1)
+    count = count if isinstance(count, int) and 1 <= count <= MAX_INPUT_CHANNELS else 1
+    names = image.get("channel_def") if isinstance(image.get("channel_def"), dict) else {}
+    return [str(names.get(str(i), names.get(i, f"channel {i + 1}"))) if count > 1 else "image" for i in range(count)]
 
 
 #
