@@ -516,19 +516,18 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
     def modelClassNames(self, model: str) -> list:
         """Class names of a bundled model (by name) or a bundle folder; empty when unknown."""
-        if not model:
-            return []
-        path = model if os.path.isdir(model) else os.path.join(BUNDLED_MODELS_DIR, model)
-        card = self._modelCard(path)
-        return card["class_names"] if card else []
+        return self._cardOf(model).get("class_names", [])
 
     def modelChannelNames(self, model: str) -> list:
         """The names of the model's input channels, in order (one name for a one-volume model)."""
+        return self._cardOf(model).get("channel_names", [])
+
+    @classmethod
+    def _cardOf(cls, model: str) -> dict:
+        """The card summary of a bundled model (by name) or a bundle folder; empty when unknown."""
         if not model:
-            return []
-        path = model if os.path.isdir(model) else os.path.join(BUNDLED_MODELS_DIR, model)
-        card = self._modelCard(path)
-        return card["channel_names"] if card else []
+            return {}
+        return cls._modelCard(model if os.path.isdir(model) else os.path.join(BUNDLED_MODELS_DIR, model)) or {}
 
     def channelVolumes(self, parameters) -> list:
         """The volumes of the model's input channels after the first, as selected (None where not yet)."""
@@ -576,8 +575,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         catalogue = tasks.load_catalogue()
         served = []
         if model:
-            path = model if os.path.isdir(model) else os.path.join(BUNDLED_MODELS_DIR, model)
-            card = XAIExplainLogic._modelCard(path) or {}
+            card = XAIExplainLogic._cardOf(model)
             served = tasks.tasks_for_model(card, catalogue)
             if not served:  # a bundle that names no task: the generic one of its kind and modality
                 try:
