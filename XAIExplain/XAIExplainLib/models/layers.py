@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-__all__ = ["NetworkTrace", "trace_network", "suggest_cam_layers"]
+__all__ = ["NetworkTrace", "trace_network", "suggest_cam_layers", "rank_cam_layers"]
 
 
 @dataclass
@@ -70,11 +70,14 @@ def _trace(skeleton: torch.nn.Module, channels: int, size: Sequence[int], device
 
 
 def suggest_cam_layers(network: torch.nn.Module, task: str, channels: int, size: Sequence[int],
-                       count: int = 3, trace: Optional[NetworkTrace] = None) -> list[str]:
-    """Up to ``count`` layer names, best first; empty when the network cannot be traced on ``meta``."""
-    trace = trace or trace_network(network, channels, size)
-    if trace is None:
-        return []
+                       count: int = 3) -> list[str]:
+    """Up to ``count`` layer names, best first; empty when the network cannot be traced."""
+    trace = trace_network(network, channels, size)
+    return rank_cam_layers(trace, task, count) if trace is not None else []
+
+
+def rank_cam_layers(trace: NetworkTrace, task: str, count: int = 3) -> list[str]:
+    """The traced convolutions best suited to Grad-CAM, best first (see the module's docstring)."""
     seen = trace.convolutions
     if task == "segmentation":
         ranked = sorted(seen, key=lambda n: (seen[n][1], -seen[n][0]))

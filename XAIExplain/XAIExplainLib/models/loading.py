@@ -23,11 +23,11 @@ from typing import Any, Optional
 
 import torch
 
+from ..bundle_card import derive_card
 from ..errors import XAIModelError
 from ..resources import bundled_models_dir, resources_dir
+from .layers import rank_cam_layers, trace_network
 from .pooling import MaxPooledClassifier, pooled_layer_name
-from ..bundle_card import derive_card
-from .layers import suggest_cam_layers, trace_network
 from .safe_config import MetaBuildError, build_network
 from .spec import ModelSpec
 
@@ -163,13 +163,18 @@ def derive_bundle_card(path: Path, metadata: Optional[dict] = None):
 
 def read_inference_config(path: Path, required: bool = True) -> Optional[dict]:
     """The bundle's ``configs/inference.json`` or ``inference.yaml`` (YAML read with ``safe_load``: plain data)."""
-    for name in ("inference.json", "inference.yaml", "inference.yml"):
-        config_file = path / "configs" / name
-        if config_file.is_file():
-            return _read_json(config_file) if name.endswith(".json") else _read_yaml(config_file)
+    config_file = _inference_config_file(path)
+    if config_file is not None:
+        return _read_json(config_file) if config_file.suffix == ".json" else _read_yaml(config_file)
     if required:
         raise XAIModelError(f"Bundle {path.name} has no configs/inference.json (or .yaml) describing its network.")
     return None
+
+
+def _inference_config_file(path: Path) -> Optional[Path]:
+    """Which inference config a bundle folder has (JSON first), without reading it."""
+    return next((path / "configs" / name for name in ("inference.json", "inference.yaml", "inference.yml")
+                 if (path / "configs" / name).is_file()), None)
 
 
 def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> LoadedModel:
@@ -188,7 +193,7 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
             f"{weights.name} does not match the SHA-256 recorded in the model's metadata "
             f"(recorded {spec.weights_sha256[:12]}…, found {sha256[:12]}…): the file is corrupt or was replaced."
         )
-    has_network_config = path.is_dir() and read_inference_config(path, required=False) is not None
+    has_network_config = path.is_dir() and _inference_config_file(path) is not None
     if _is_torchscript(weights) and not has_network_config:
         if not trust_bundle:
             raise XAIModelError(
@@ -206,10 +211,9 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
     trace = trace_network(network, spec.num_channels, _probe_size(spec)) if source == "bundle" else None
     if trace is not None:
         _check_output(trace.output, spec, path.name)
-        if not spec.cam_target_layer:
-            suggested = suggest_cam_layers(network, spec.task, spec.num_channels, (), trace=trace)
-            if suggested:
-                spec = dataclasses.replace(spec, cam_target_layer=suggested[0])
+        suggested = rank_cam_layers(trace, spec.task) if not spec.cam_target_layer else []
+        if suggested:
+            spec = dataclasses.replace(spec, cam_target_layer=suggested[0])
     network.eval()
     return LoadedModel(network=network, spec=spec, path=path.absolute(), sha256=sha256, source=source)
 
@@ -444,8 +448,10 @@ def _check_output(output: Any, spec: ModelSpec, name: str) -> None:
             f"Model {name} returns {type(output).__name__}, not one tensor (a detection network?): SlicerXAI explains "
             f"classifiers (class scores) and segmentation networks (a score map per class).")
     expected = 2 if spec.task == "classification" else 5
-    channels = 1 if spec.output_activation == "sigmoid" and len(spec.class_names) == 2 else len(spec.class_names)
-    if output.dim() != expected or output.shape[1] not in {channels, len(spec.class_names)}:
+    # One score per class, or one sigmoid channel standing for the second of two classes.
+    binary_sigmoid = spec.output_activation == "sigmoid" and len(spec.class_names) == 2
+    channels = {len(spec.class_names), 1} if binary_sigmoid else {len(spec.class_names)}
+    if output.dim() != expected or output.shape[1] not in channels:
         shape = "x".join(str(n) for n in output.shape)
         want = f"{len(spec.class_names)} class scores" if spec.task == "classification" else \
             f"a 3-D map of {len(spec.class_names)} channels"

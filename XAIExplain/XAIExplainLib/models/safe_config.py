@@ -107,7 +107,7 @@ class _AllocationLimit(TorchFunctionMode):
 def _root_cause(error: BaseException) -> str:
     """The innermost error of a chain, on one line: MONAI's parser wraps the real cause (a missing package,
     a wrong argument) in messages about the config component."""
-    while (error.__cause__ or error.__context__) is not None and len(str(error)) > 0:
+    while (error.__cause__ or error.__context__) is not None:
         error = error.__cause__ or error.__context__
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
