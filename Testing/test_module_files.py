@@ -15,7 +15,7 @@ MODULES = ["XAIExplain", "XAIRobustness"]
 # which is installed on first use).
 ALLOWED_TOP_LEVEL_IMPORTS = {
     "ctk", "qt", "vtk", "slicer", "XAIExplain",
-    "enum", "json", "logging", "os", "queue", "re", "shutil", "subprocess", "sys", "tempfile", "threading",
+    "enum", "functools", "json", "logging", "os", "queue", "re", "shutil", "subprocess", "sys", "tempfile", "threading",
     "typing", "unittest", "dataclasses", "pathlib",
 }
 # Engine modules a module file may import at load time: standard library only (checked below).

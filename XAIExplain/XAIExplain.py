@@ -1,4 +1,5 @@
 import enum
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from slicer.util import VTKObservationMixin
 # (standard library) and the background-job runner (standard library) are imported here.
 from XAIExplainLib import resources
 from XAIExplainLib.background import ProcessJob
-from XAIExplainLib.bundle_card import derive_card
+from XAIExplainLib.bundle_card import derive_card, input_channel_names
 
 #: The demo model bundles and the sample case, inside the engine package (installed with the module).
 BUNDLED_MODELS_DIR = str(resources.bundled_models_dir())
@@ -370,9 +371,9 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._unsupported:
             self.ui.applyButton.toolTip = self._unsupported
             self.ui.applyButton.enabled = False
-        elif parameters.inputVolume and parameters.model and self.logic.missingChannels(parameters):
+        elif parameters.inputVolume and parameters.model and (missing := self.logic.missingChannels(parameters)):
             self.ui.applyButton.toolTip = _("Select the volume of every input channel: {names}.").format(
-                names=", ".join(self.logic.missingChannels(parameters)))
+                names=", ".join(missing))
             self.ui.applyButton.enabled = False
         elif parameters.inputVolume and parameters.model:
             self.ui.applyButton.toolTip = _("Run the model and explain its decision on the input volume.")
@@ -541,25 +542,14 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _modelCard(bundlePath: str) -> Optional[dict]:
+        """The card summary the pickers show, read from ``configs/metadata.json`` (None when unreadable);
+        cached per file version, since every parameter change asks for it."""
         metadataPath = os.path.join(bundlePath, "configs", "metadata.json")
-        if not os.path.isfile(metadataPath):
-            return None
         try:
-            with open(metadataPath, encoding="utf-8") as metadataFile:
-                metadata = json.load(metadataFile)
-        except (OSError, ValueError):
+            status = os.stat(metadataPath)
+        except OSError:
             return None
-        # The card as the engine reads it (a zoo bundle's own metadata, overridden by its xai section);
-        # metadata only, so the pickers fill before the engine's dependencies are installed.
-        xai = derive_card(metadata, None).xai if isinstance(metadata, dict) else {}
-        return {
-            "title": str(metadata.get("name") or os.path.basename(bundlePath)),
-            "class_names": [str(c) for c in xai.get("class_names", [])],
-            "task": xai.get("task", ""),
-            "clinical_tasks": [str(t) for t in xai.get("clinical_tasks", [])],
-            "modality": xai.get("modality"),
-            "channel_names": _channelNames(metadata),
-        }
+        return _readModelCard(metadataPath, status.st_mtime_ns, status.st_size)
 
     # --- clinical tasks and audiences (catalogue: Resources/Tasks/tasks.json) ---
 
@@ -900,13 +890,28 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         return get_audience(parameters.audience.value).write(facts).as_text()
 
 
-def _channelNames(metadata: dict) -> list:
-    """Input channel names from ``network_data_format.inputs.image`` (``num_channels``, ``channel_def``)."""
-    image = ((metadata.get("network_data_format") or {}).get("inputs") or {}).get("image") or {}
-    count = image.get("num_channels", 1)
-    count = count if isinstance(count, int) and 1 <= count <= MAX_INPUT_CHANNELS else 1
-    names = image.get("channel_def") if isinstance(image.get("channel_def"), dict) else {}
-    return [str(names.get(str(i), names.get(i, f"channel {i + 1}"))) if count > 1 else "image" for i in range(count)]
+@functools.lru_cache(maxsize=64)
+def _readModelCard(metadataPath: str, _mtime: int, _size: int) -> Optional[dict]:
+    """The card summary of one version of a ``metadata.json`` (see ``XAIExplainLogic._modelCard``)."""
+    try:
+        with open(metadataPath, encoding="utf-8") as metadataFile:
+            metadata = json.load(metadataFile)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metadata, dict):
+        return None
+    # The card as the engine reads it (a zoo bundle's own metadata, overridden by its xai section);
+    # metadata only, so the pickers fill before the engine's dependencies are installed.
+    xai, channels = derive_card(metadata, None).xai, input_channel_names(metadata)
+    return {
+        "title": str(metadata.get("name") or os.path.basename(os.path.dirname(os.path.dirname(metadataPath)))),
+        "class_names": [str(c) for c in xai.get("class_names", [])],
+        "task": xai.get("task", ""),
+        "clinical_tasks": [str(t) for t in xai.get("clinical_tasks", [])],
+        "modality": xai.get("modality"),
+        # More channels than the selectors offer: one selector, and the engine names what it needs.
+        "channel_names": channels if len(channels) <= MAX_INPUT_CHANNELS else channels[:1],
+    }
 
 
 #

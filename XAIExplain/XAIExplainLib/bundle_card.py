@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-__all__ = ["DerivedCard", "derive_card"]
+__all__ = ["DerivedCard", "derive_card", "input_channel_names"]
 
 #: Preprocessing steps that set how intensities are mapped (dictionary and array forms).
 _INTENSITY_STEPS = ("ScaleIntensityRange", "NormalizeIntensity", "ScaleIntensityRangePercentiles")
@@ -63,6 +63,17 @@ def _provided(key: str, written: Mapping[str, Any]) -> bool:
     """Whether the written card gives ``key`` (``intensity``, ``input.spacing_mm``)."""
     head, _, sub = key.partition(".")
     return head in written if not sub else isinstance(written.get(head), Mapping) and sub in written[head]
+
+
+def input_channel_names(metadata: Mapping[str, Any]) -> list[str]:
+    """The name of each input channel, in index order, from ``network_data_format.inputs.image``
+    (``num_channels``, ``channel_def``); numbered ("channel 1", ...) unless ``channel_def`` names every one."""
+    image = _mapping(_mapping(_mapping(metadata.get("network_data_format")).get("inputs")).get("image"))
+    count = image.get("num_channels", 1)
+    count = count if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 64 else 1
+    channel_def = _mapping(image.get("channel_def"))
+    names = [str(channel_def[k]) for k in sorted(channel_def, key=_as_index)]
+    return names if len(names) == count else [f"channel {i + 1}" for i in range(count)]
 
 
 def _derive_output(metadata: Mapping[str, Any], config: Mapping[str, Any], card: DerivedCard) -> None:

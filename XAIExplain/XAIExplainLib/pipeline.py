@@ -23,11 +23,11 @@ from .errors import XAIInputError, XAIModelError
 from .casecache import MAX_RECORDED_VOXELS, CachedCase, CaseCache, map_key
 from .explainers import EXPLAINERS, make_explainer
 from .explainers.cam import LayerRecording
+from .applicability import assess_applicability
 from .imageio import describe_geometry, validate_image
 from .models import LoadedModel
 from .preprocessing import model_grid, normalise_intensity, to_input_grid, to_model_grid
 from .progress import CancelToken, ProgressCallback, Stage
-from .applicability import assess_applicability
 from .targets import Target, class_logit, region_logit_sum
 from .uncertainty import (
     UNCERTAINTY_METHODS,
@@ -110,7 +110,7 @@ def prepare_case(image: sitk.Image, model: LoadedModel, other_channels: Sequence
     for index, volume in enumerate(volumes):
         validate_image(volume, _channel_label(model, index) if 1 < len(volumes) <= model.spec.num_channels else "image")
     if len(volumes) != model.spec.num_channels:
-        names = channel_names(model)
+        names = model.spec.channel_names
         raise XAIModelError(
             f"Model {model.model_id} takes {model.spec.num_channels} input volume(s), one per channel in this order: "
             f"{', '.join(names)}; {len(volumes)} given.")
@@ -121,14 +121,8 @@ def prepare_case(image: sitk.Image, model: LoadedModel, other_channels: Sequence
     return PreparedCase(image=image, grid=grid, inputs=torch.from_numpy(np.stack(arrays))[None])
 
 
-def channel_names(model: LoadedModel) -> tuple[str, ...]:
-    """The card's name of each input channel (``channel_def``), numbered when the card names too few."""
-    names, count = model.spec.channel_names, model.spec.num_channels
-    return tuple(names) if len(names) == count else tuple(f"channel {i + 1}" for i in range(count))
-
-
 def _channel_label(model: LoadedModel, index: int) -> str:
-    return f"input {index + 1} ({channel_names(model)[index]})"
+    return f"input {index + 1} ({model.spec.channel_names[index]})"
 
 
 def _check_same_region(reference: sitk.Image, volume: sitk.Image, label: str) -> None:
@@ -151,7 +145,7 @@ def channel_evidence(model: LoadedModel, inputs: torch.Tensor, target: Target) -
 
     contribution = (input_gradients(model.network, inputs, target.fn) * inputs).abs()[0].flatten(1).sum(dim=1)
     total = float(contribution.sum())
-    names = channel_names(model)
+    names = model.spec.channel_names
     return {"measure": "share of |gradient x input| per input channel (Shrikumar et al. 2016)",
             "shares": {names[c]: (float(contribution[c]) / total if total > 0 else 0.0) for c in range(inputs.shape[1])}}
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from ..applicability import Domain
+from ..bundle_card import input_channel_names
 from ..errors import XAIModelError
 from ..preprocessing import CardProblems, InputSpec, IntensitySpec
 from .pooling import POOLINGS
@@ -131,7 +132,7 @@ class ModelSpec:
             input=sections["input"],
             intensity=sections["intensity"],
             num_channels=num_channels,
-            channel_names=tuple(str(channel_def[k]) for k in sorted(channel_def, key=str)),
+            channel_names=tuple(input_channel_names(metadata)),
             positive_class=positive,
             cam_target_layer=xai.get("cam_target_layer"),
             modality=xai.get("modality"),
