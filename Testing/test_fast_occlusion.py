@@ -23,8 +23,8 @@ def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _both(network: torch.nn.Module, target, window: int = 8, stride: int = 8, image: torch.Tensor | None = None):
     image = _image() if image is None else image
-    fast = Occlusion(network, window=window, stride=stride)
-    slow = Occlusion(network, window=window, stride=stride, incremental=False)
+    fast = Occlusion(network, window=window, stride=stride, mode="exact")
+    slow = Occlusion(network, window=window, stride=stride, incremental=False, mode="exact")
     return fast, fast.attribute(image, target), slow.attribute(image, target)
 
 
@@ -109,7 +109,7 @@ def test_a_score_reading_a_small_region_is_recomputed_only_where_it_can_see_it_a
                               "37 of 64 windows out of the explained region's reach (drop 0)")
     assert _relative_difference(focused, full) <= 1e-4
     focused_work, convolved[:] = sum(convolved), []
-    unfocused = Occlusion(network, window=8, stride=8).attribute(_image(), region_logit_sum(1, torch.ones(SIZE, SIZE, SIZE)))
+    unfocused = Occlusion(network, window=8, stride=8, mode="exact").attribute(_image(), region_logit_sum(1, torch.ones(SIZE, SIZE, SIZE)))
     assert unfocused.abs().max() > 0 and sum(convolved) > 2 * focused_work
 
 
@@ -177,7 +177,7 @@ def test_approximate_mode_leaves_windows_far_from_the_deciding_voxel_at_zero_whe
     with torch.no_grad():  # make the spot decisive: channel 1 grows with brightness there
         dense[2].bias.copy_(torch.tensor([0.0, -1.0]))
     image[0, 0, 10:14, 20:24, 4:8] += 6.0
-    exact = Occlusion(network, window=8).attribute(image, class_logit(1))
+    exact = Occlusion(network, window=8, mode="exact").attribute(image, class_logit(1))
     approximate = Occlusion(network, window=8, mode="approximate", refine_threshold=None)
     fast = approximate.attribute(image, class_logit(1))
     assert "windows beyond the deciding voxel's reach left at 0 (8 checked)" in approximate.inference
@@ -191,7 +191,7 @@ def test_approximate_mode_computes_far_windows_when_they_can_make_a_new_deciding
     image = (image.float() * 6.0 - 3.0)[None, None]
     image[0, 0, 4:6, 4:6, 4:6] = 0.5  # the deciding voxels of the unoccluded image
     network = _max_pooled(_AbsoluteDarkness())
-    exact = Occlusion(network, window=8).attribute(image, class_logit(1))
+    exact = Occlusion(network, window=8, mode="exact").attribute(image, class_logit(1))
     approximate = Occlusion(network, window=8, mode="approximate", refine_threshold=None)
     fast = approximate.attribute(image, class_logit(1))
     assert "every window beyond the deciding voxel's reach" in approximate.inference
@@ -204,7 +204,7 @@ def test_projective_field_thresholding_keeps_the_ranking_of_the_exact_map():
 
     # The score reads the whole output, so focusing on it cuts nothing and the threshold has work to do.
     network, target, image = _batch_norm_unet(48), region_logit_sum(1, torch.ones(48, 48, 48)), _image(48)
-    exact = Occlusion(network, window=8).attribute(image, target)
+    exact = Occlusion(network, window=8, mode="exact").attribute(image, target)
     approximate = Occlusion(network, window=8, mode="approximate", field_threshold=0.5, refine_threshold=None)
     cut = approximate.attribute(image, target)
     assert approximate.parameters()["field_threshold"] == 0.5
@@ -221,7 +221,7 @@ def test_approximations_that_fail_their_sample_checks_give_the_exact_map():
     torch.manual_seed(0)  # global average pooling: every far change counts, so cutting patches breaks the map
     network = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 8, 16, 32], spatial_dims=3,
                      n_input_channels=1, num_classes=2).eval()
-    exact = Occlusion(network, window=8).attribute(_image(), class_logit(1))
+    exact = Occlusion(network, window=8, mode="exact").attribute(_image(), class_logit(1))
     approximate = Occlusion(network, window=8, mode="approximate", field_threshold=0.35)
     assert _relative_difference(approximate.attribute(_image(), class_logit(1)), exact) <= 1e-5
     assert "exact: projective field threshold 0.35 moved a drop by" in approximate.inference
@@ -280,7 +280,7 @@ class _BoxReader(torch.nn.Module):
 def _approximate_and_exact() -> tuple[torch.Tensor, torch.Tensor]:
     network = _BoxReader().eval()
     image = _image().abs() + 1.0
-    exact = Occlusion(network, window=4).attribute(image, class_logit(1))
+    exact = Occlusion(network, window=4, mode="exact").attribute(image, class_logit(1))
     approximate = Occlusion(network, window=4, mode="approximate", refine_threshold=0.05)
     assert approximate.parameters()["mode"] == "approximate"
     return approximate.attribute(image, class_logit(1)), exact
@@ -314,7 +314,7 @@ class _SmallSpotReader(torch.nn.Module):
 
 def test_a_threshold_the_spread_windows_cannot_judge_is_judged_where_the_evidence_is():
     network, image = _SmallSpotReader().eval(), _image()
-    exact = Occlusion(network, window=4).attribute(image, class_logit(1))
+    exact = Occlusion(network, window=4, mode="exact").attribute(image, class_logit(1))
     approximate = Occlusion(network, window=4, mode="approximate")
     fast = approximate.attribute(image, class_logit(1))
     assert "sample windows showed no drop to check the projective field threshold on" in approximate.inference

@@ -67,6 +67,9 @@ def test_a_zoo_bundle_explains_from_the_command_line_in_the_input_geometry(splee
     assert preprocessing["intensity"] == {"kind": "scale_range", "a_min": -57.0, "a_max": 164.0, "b_min": 0.0,
                                           "b_max": 1.0, "clip": True}
     assert preprocessing["sliding_window"] == {"size": [32, 32, 32], "overlap": 0.5}
+    # The grid (about 29x29x37 at 1.5x1.5x2 mm) is larger than a window: explained window by window.
+    windows = result["explanation"]["sliding_windows"]
+    assert windows["patch_size"] == [32, 32, 32] and 1 <= windows["windows_run"] <= windows["windows_in_grid"]
     assert preprocessing["card_sources"]["intensity"] == "preprocessing ScaleIntensityRanged"
 
 

@@ -266,7 +266,7 @@ def occlusion_rows(table: Table, case: Case, monai_too: bool) -> None:
             return case.target(case.network(batch))
 
     fill = blurred_fill(case.inputs, WINDOW)
-    exact = Occlusion(case.network, window=WINDOW, internal_batch_size=8)
+    exact = Occlusion(case.network, window=WINDOW, internal_batch_size=8, mode="exact")
     ours, captum = measure_pair(lambda: exact.attribute(case.inputs, case.target),
                                 lambda: CaptumOcclusion(forward).attribute(
                                     case.inputs, sliding_window_shapes=(1, WINDOW, WINDOW, WINDOW), strides=WINDOW,

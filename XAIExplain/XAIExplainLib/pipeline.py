@@ -21,14 +21,15 @@ import torch
 from . import __version__
 from .errors import XAIInputError, XAIModelError
 from .casecache import MAX_RECORDED_VOXELS, CachedCase, CaseCache, map_key
-from .explainers import EXPLAINERS, make_explainer
+from .explainers import EXPLAINERS, Explainer, make_explainer
+from .explainers.windowed import attribute_by_windows, windowed_score
 from .explainers.cam import LayerRecording
 from .applicability import assess_applicability
 from .imageio import describe_geometry, validate_image
 from .models import LoadedModel
 from .preprocessing import model_grid, normalise_intensity, to_input_grid, to_model_grid
 from .progress import CancelToken, ProgressCallback, Stage
-from .targets import Target, class_logit, region_logit_sum
+from .targets import Target, TargetFn, class_logit, region_logit_sum
 from .uncertainty import (
     UNCERTAINTY_METHODS,
     classification_summary,
@@ -40,7 +41,7 @@ from .uncertainty import (
 )
 
 __all__ = ["PreparedCase", "ExplanationResult", "prepare_case", "predict_logits", "predict_probabilities",
-           "probabilities_from_logits", "uses_sliding_window", "explain_image", "CaseCache",
+           "probabilities_from_logits", "uses_sliding_window", "attribute_case", "explain_image", "CaseCache",
            "map_statistics", "describe_prediction", "resolve_target", "explainer_params", "build_provenance"]
 
 #: Methods that need a single forward and backward pass: cheap enough to repeat per uncertainty sample.
@@ -143,11 +144,30 @@ def channel_evidence(model: LoadedModel, inputs: torch.Tensor, target: Target) -
         return None
     from .explainers.gradients import input_gradients
 
-    contribution = (input_gradients(model.network, inputs, target.fn) * inputs).abs()[0].flatten(1).sum(dim=1)
+    network, score = _score_network(model, inputs, target)
+    contribution = (input_gradients(network, inputs, score) * inputs).abs()[0].flatten(1).sum(dim=1)
     total = float(contribution.sum())
     names = model.spec.channel_names
     return {"measure": "share of |gradient x input| per input channel (Shrikumar et al. 2016)",
             "shares": {names[c]: (float(contribution[c]) / total if total > 0 else 0.0) for c in range(inputs.shape[1])}}
+
+
+def attribute_case(model: LoadedModel, explainer: Explainer, inputs: torch.Tensor, target: Target,
+                   stage: Optional[Stage] = None) -> tuple[torch.Tensor, Optional[dict]]:
+    """The explainer's map of ``target`` on the model grid, and, for a model predicted in sliding windows, how
+    the explanation was run window by window (:mod:`XAIExplainLib.explainers.windowed`); else None."""
+    if target.region is None or not uses_sliding_window(model, inputs):
+        return explainer.attribute(inputs, target.fn, stage), None
+    return attribute_by_windows(explainer, inputs, target.class_index, target.region, model.spec.input.patch_size,
+                                model.spec.input.overlap, stage)
+
+
+def _score_network(model: LoadedModel, inputs: torch.Tensor, target: Target) -> tuple[torch.nn.Module, TargetFn]:
+    """What to take gradients of for ``target``: the network, or the sliding-window model's windowed score."""
+    if target.region is None or not uses_sliding_window(model, inputs):
+        return model.network, target.fn
+    return windowed_score(model.network, inputs, target.class_index, target.region, model.spec.input.patch_size,
+                          model.spec.input.overlap)
 
 
 def uses_sliding_window(model: LoadedModel, inputs: torch.Tensor) -> bool:
@@ -257,6 +277,7 @@ def explain_image(
     clock = time.perf_counter()
     explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **explainer_params(method, seed, method_params))
     key = map_key(method, explainer.parameters(), resolved.class_index, resolved.region, seed)
+    windowing: Optional[dict] = None
     if entry is not None and key in entry.maps:
         attribution = entry.maps[key]
         cache.hits["map"] += 1
@@ -265,7 +286,8 @@ def explain_image(
         recording = _cam_recording(entry, model, method, case.inputs)
         if recording is not None:
             explainer.recording = recording
-        attribution = explainer.attribute(case.inputs, resolved.fn, stage.sub(0.05, explain_share))[0, 0]
+        attribution, windowing = attribute_case(model, explainer, case.inputs, resolved, stage.sub(0.05, explain_share))
+        attribution = attribution[0, 0]
         if entry is not None:
             cache.remember_map(entry, key, attribution)
     saliency = case.to_input_grid(attribution)
@@ -280,6 +302,8 @@ def explain_image(
                    "description": resolved.description, "region_voxels": resolved.region_voxels},
         "statistics": map_statistics(saliency),
     }
+    if windowing is not None:
+        explanation["sliding_windows"] = windowing
     shares = channel_evidence(model, case.inputs, resolved)
     if shares is not None:
         explanation["channel_evidence"] = shares

@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="another model for --uncertainty ensemble (repeatable)")
     explain.add_argument("--occlusion-window", type=int, help="occlusion window, in model-grid voxels (default 8)")
     explain.add_argument("--occlusion-mode", choices=("exact", "approximate"),
-                         help="occlusion: the exact map (default) or a faster approximate one (projective field "
-                              "thresholding and coarse-to-fine drill-down, each checked on sample windows)")
+                         help="occlusion: approximate (default: projective field thresholding and coarse-to-fine "
+                              "drill-down, each checked against exact inference on sample windows and dropped if it "
+                              "changes the map) or exact")
     explain.add_argument("--ig-steps", type=int, help="Integrated Gradients steps (default 32)")
     explain.add_argument("--smoothgrad-samples", type=int, help="SmoothGrad noisy samples (default 16)")
     explain.add_argument("--seed", type=int, default=0)

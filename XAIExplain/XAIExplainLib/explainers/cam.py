@@ -18,7 +18,7 @@ from ..progress import Stage
 from ..targets import TargetFn
 from .base import Explainer, resolve_layer
 
-__all__ = ["GradCAM", "GradCAMpp", "LayerRecording"]
+__all__ = ["GradCAM", "GradCAMpp", "LayerRecording", "scale_to_unit"]
 
 
 class LayerRecording:
@@ -56,10 +56,13 @@ class _CAMBase(Explainer):
     recording: Optional[LayerRecording] = None
 
     def attribute(self, inputs: torch.Tensor, target: TargetFn, stage: Optional[Stage] = None) -> torch.Tensor:
+        return scale_to_unit(self.unscaled_maps(inputs, target, stage))
+
+    def unscaled_maps(self, inputs: torch.Tensor, target: TargetFn, stage: Optional[Stage] = None) -> torch.Tensor:
+        """The maps on the input grid before each is scaled to 0..1 (windowed explanations add them up first)."""
         spatial = inputs.shape[2:]
         if self.recording is not None and self.recording.covers(self.network, self.target_layer, inputs):
-            cam = self._combine(*self.recording.gradients(target))
-            return _scale_to_unit(_upsample(cam, spatial))
+            return _upsample(self._combine(*self.recording.gradients(target)), spatial)
         maps = []
         size = self.batch_size(inputs[:1], copies=inputs.shape[0])
         for i in range(0, inputs.shape[0], size):
@@ -68,7 +71,7 @@ class _CAMBase(Explainer):
             maps.append(_upsample(cam, spatial))
             if stage is not None:
                 stage.report((i + len(chunk)) / inputs.shape[0], self.title)
-        return _scale_to_unit(torch.cat(maps))
+        return torch.cat(maps)
 
     def _combine(self, activations: torch.Tensor, gradients: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -129,7 +132,7 @@ def _upsample(cam: torch.Tensor, spatial: torch.Size) -> torch.Tensor:
     return F.interpolate(cam, size=tuple(spatial), mode=mode, align_corners=False)
 
 
-def _scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
+def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     """Scale each map to 0..1 (a map that is zero everywhere stays zero)."""
     b = maps.shape[0]
     peak = maps.reshape(b, -1).amax(dim=1).reshape(b, *([1] * (maps.dim() - 1)))

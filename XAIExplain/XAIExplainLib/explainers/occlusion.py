@@ -45,16 +45,21 @@ from ..targets import TargetFn
 from .base import Explainer, batched
 from .incremental import IncrementalInference, OccludedInference, occluded_inference
 
-__all__ = ["Occlusion", "blurred_fill", "APPROXIMATION_TOLERANCE"]
+__all__ = ["Occlusion", "blurred_fill", "APPROXIMATION_TOLERANCE", "CHECK_WINDOWS"]
 
 #: The largest error, as a share of the largest sampled drop, at which the approximation is kept.
 APPROXIMATION_TOLERANCE = 0.05
+#: How many spread windows each approximation is checked on.
+CHECK_WINDOWS = 8
 
 
 class Occlusion(Explainer):
     """Occlusion sensitivity with cubic windows of ``window`` voxels moved by ``stride`` voxels.
 
-    ``mode``: ``"exact"`` (the map of full inference) or ``"approximate"`` (see the module notes).
+    ``mode``: ``"approximate"`` (the default: each approximation is checked against exact inference on sample
+    windows and dropped if it changes the map, see the module notes) or ``"exact"`` (the map of full inference).
+    Windows per batch: ``internal_batch_size``, or as many occluded copies as ``memory_budget_mb`` holds
+    without gradients (a bound: incremental inference recomputes only part of each).
     ``incremental``: score occluded copies with incremental inference where the network allows it.
     After :meth:`attribute`, ``inference`` says which inference ran (and why full inference, if so).
     """
@@ -65,11 +70,12 @@ class Occlusion(Explainer):
     signed = True
     modes = ("exact", "approximate")
 
-    def __init__(self, network: torch.nn.Module, target_layer: Optional[str] = None, internal_batch_size: int = 8,
-                 window: int | Sequence[int] = 8, stride: Optional[int | Sequence[int]] = None, mode: str = "exact",
-                 incremental: bool = True, field_threshold: float = 0.35, coarse_factor: int = 2,
-                 refine_threshold: Optional[float] = 0.01) -> None:
-        super().__init__(network, target_layer, internal_batch_size)  # windows per batch (patches are small)
+    def __init__(self, network: torch.nn.Module, target_layer: Optional[str] = None,
+                 internal_batch_size: Optional[int] = None, memory_budget_mb: Optional[float] = None,
+                 window: int | Sequence[int] = 8, stride: Optional[int | Sequence[int]] = None,
+                 mode: str = "approximate", incremental: bool = True, field_threshold: float = 0.35,
+                 coarse_factor: int = 2, refine_threshold: Optional[float] = 0.01) -> None:
+        super().__init__(network, target_layer, internal_batch_size, memory_budget_mb)
         if mode not in self.modes:
             raise ValueError(f"occlusion mode must be one of {', '.join(self.modes)}, not '{mode}'")
         self.window = window
@@ -84,6 +90,7 @@ class Occlusion(Explainer):
             raise ValueError(f"the refine threshold must be in [0, 1), not {refine_threshold}")
         self.refine_threshold = refine_threshold
         self.inference = ""
+        self._batch = self.internal_batch_size or 8  # set per case by attribute()
 
     def attribute(self, inputs: torch.Tensor, target: TargetFn, stage: Optional[Stage] = None) -> torch.Tensor:
         dims = inputs.dim() - 2
@@ -98,6 +105,7 @@ class Occlusion(Explainer):
                 fill = _blurred(image, window)
                 progress = _Progress(stage, self.title, index, inputs.shape[0])
                 boxes = _boxes(image, fill, window, stride)
+                self._batch = self.batch_size(image, copies=len(boxes), backward=False)
                 drops = torch.zeros(len(boxes), dtype=engine.output.dtype)
                 near, far = self._split_by_reach(engine, boxes, target, notes)
                 if near:
@@ -143,7 +151,7 @@ class Occlusion(Explainer):
         drill_down = drill_down and self.mode == "approximate" and self.refine_threshold is not None
         verdict: Optional[bool] = None
         if thresholding:
-            verdict, note = self._check_threshold(engine, _spread(boxes, self.internal_batch_size), fill, target)
+            verdict, note = self._check_threshold(engine, _spread(boxes, CHECK_WINDOWS), fill, target)
             if verdict is None and not drill_down:
                 engine.field_threshold, note = 1.0, "exact: " + note
             elif verdict is None:  # the coarse pass only steers drill-down: thresholded until rechecked
@@ -160,7 +168,7 @@ class Occlusion(Explainer):
                    near_drops: torch.Tensor, progress: "_Progress", notes: list) -> torch.Tensor:
         """Drops of the windows far from the deciding voxel: 0, if a spread sample of them agrees (none moves
         the score by more than ``APPROXIMATION_TOLERANCE`` of the largest near drop); else all computed."""
-        probe = _spread(list(range(len(boxes))), self.internal_batch_size)
+        probe = _spread(list(range(len(boxes))), CHECK_WINDOWS)
         drops = torch.zeros(len(boxes), dtype=near_drops.dtype)
         drops[probe] = self._drops(engine, [boxes[i] for i in probe], fill, target, progress.part(0.0, 0.2))
         largest = float(near_drops.abs().max()) if len(near_drops) else 0.0
@@ -199,7 +207,7 @@ class Occlusion(Explainer):
                progress: "_Progress") -> torch.Tensor:
         """Base score minus the score with each box occluded, ``[len(boxes)]``."""
         drops = torch.zeros(len(boxes), dtype=engine.output.dtype)
-        for part in batched(len(boxes), self.internal_batch_size):
+        for part in batched(len(boxes), self._batch):
             drops[part] = engine.drops(boxes[part], fill, target)
             progress(part.stop / max(len(boxes), 1), f"{part.stop}/{len(boxes)} windows")
         return drops
@@ -227,12 +235,12 @@ class Occlusion(Explainer):
         chosen = (magnitude >= self.refine_threshold * float(magnitude.max())).nonzero().flatten().tolist()
         notes = []
         if recheck:
-            strongest = sorted(chosen, key=lambda i: -float(magnitude[i]))[: self.internal_batch_size]
+            strongest = sorted(chosen, key=lambda i: -float(magnitude[i]))[:CHECK_WINDOWS]
             verdict, note = self._check_threshold(engine, [boxes[i] for i in strongest], fill, target)
             notes.append("exact: " + note if verdict is None else note)  # a rejection's note already says "exact"
         refined = set(chosen)
         left = [i for i in range(len(boxes)) if i not in refined]
-        probe = _spread(left, self.internal_batch_size)
+        probe = _spread(left, CHECK_WINDOWS)
         chosen_and_probe = chosen + probe
         drops = estimates.clone()
         drops[chosen_and_probe] = self._drops(engine, [boxes[i] for i in chosen_and_probe], fill, target, progress.part(0.4, 0.7))
