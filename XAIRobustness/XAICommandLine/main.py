@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "changes the map) or exact")
     explain.add_argument("--ig-steps", type=int, help="Integrated Gradients steps (default 32)")
     explain.add_argument("--smoothgrad-samples", type=int, help="SmoothGrad noisy samples (default 16)")
+    explain.add_argument("--memory-budget-mb", type=float,
+                         help="what one explanation batch may take (default 2048); sliding-window models are "
+                              "explained one window at a time inside it")
     explain.add_argument("--seed", type=int, default=0)
     explain.add_argument("--format", default="nii.gz", choices=sorted(_FORMATS), help="format of the output maps")
     explain.add_argument("--trust-bundle", action="store_true",
@@ -184,6 +187,8 @@ def _explain(args: argparse.Namespace) -> int:
     options = {"occlusion": (("window", args.occlusion_window), ("mode", args.occlusion_mode)),
                "ig": (("n_steps", args.ig_steps),), "smoothgrad": (("n_samples", args.smoothgrad_samples),)}
     params = {key: value for key, value in options.get(args.method, ()) if value is not None}
+    if args.memory_budget_mb is not None:
+        params["memory_budget_mb"] = args.memory_budget_mb
     printer = ProgressPrinter()
     try:
         result = explain_image(image, model, method=args.method, target=args.target, target_mask=target_mask,

@@ -27,7 +27,16 @@ class LayerRecording:
     def __init__(self, network: torch.nn.Module, layer_name: str, inputs: torch.Tensor) -> None:
         self.network, self.layer_name, self.inputs = network, layer_name, inputs
         captured: list[torch.Tensor] = []
-        handle = resolve_layer(network, layer_name, "Grad-CAM").register_forward_hook(lambda _m, _i, out: captured.append(out))
+
+        def capture(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            # With frozen weights nothing before the layer needs a graph: the activation starts one, so only
+            # the layers after it keep what their backward pass needs.
+            if not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            captured.append(output)
+            return output
+
+        handle = resolve_layer(network, layer_name, "Grad-CAM").register_forward_hook(capture)
         try:
             with torch.enable_grad():
                 self.output = network(inputs)

@@ -214,8 +214,23 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
         suggested = rank_cam_layers(trace, spec.task) if not spec.cam_target_layer else []
         if suggested:
             spec = dataclasses.replace(spec, cam_target_layer=suggested[0])
-    network.eval()
+    prepare_for_explaining(network)
     return LoadedModel(network=network, spec=spec, path=path.absolute(), sha256=sha256, source=source)
+
+
+def prepare_for_explaining(network: torch.nn.Module) -> None:
+    """Evaluation mode, weights frozen (explanations take gradients of inputs and activations, never of
+    weights: no weight gradients are computed or kept), and the activation checkpointing that MONAI's
+    transformer blocks offer (``use_checkpoint``, SwinUNETR's) switched on: the same outputs, with a block's
+    activations recomputed in the backward pass instead of kept."""
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    if isinstance(network, torch.jit.ScriptModule):
+        return
+    for module in network.modules():
+        if isinstance(getattr(module, "use_checkpoint", None), bool):
+            module.use_checkpoint = True
 
 
 def _probe_size(spec: ModelSpec) -> tuple[int, ...]:
