@@ -12,12 +12,17 @@ PORT   ?= 8080
 
 venv: $(STAMP)
 
+# nnU-Net v2 without its own dependency list: dynamic-network-architectures asks for timm (and so torchvision) for
+# transformer architectures nnU-Net does not plan by default; what nnU-Net needs is the extra "nnunet".
+NNUNET := nnunetv2==2.8.1 dynamic-network-architectures==0.4.4
+
 # torch is installed first and pinned: a dependency that asked for plain `torch` would otherwise
 # pull a multi-GB CUDA build. Re-run whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[test,viewer]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[test,viewer,nnunet]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps $(NNUNET)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,6 +14,10 @@ from XAIExplainLib.targets import region_logit_sum
 PATCH, OVERLAP = (16, 16, 16), 0.25
 
 
+def _windows(inputs: torch.Tensor) -> SlidingWindows:
+    return SlidingWindows.plan(inputs.shape[2:], PATCH, OVERLAP)
+
+
 def _network() -> torch.nn.Module:
     torch.manual_seed(3)
     return torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Tanh(),
@@ -41,7 +45,7 @@ def test_the_windowed_gradient_is_the_gradient_of_monais_sliding_window_predicti
     network, (inputs, region) = _network(), _case()
     expected = _monai_gradient(network, inputs, region).abs()
     explainer = make_explainer("gradient", network)
-    windowed, info = attribute_by_windows(explainer, inputs, 2, region, PATCH, OVERLAP)
+    windowed, info = attribute_by_windows(explainer, inputs, 2, region, _windows(inputs))
     assert windowed.shape == (1, 1, *inputs.shape[2:])
     assert torch.allclose(windowed, expected, atol=1e-6 * float(expected.max()))
     assert info["windows_run"] < info["windows_in_grid"]  # the far windows never ran
@@ -50,7 +54,7 @@ def test_the_windowed_gradient_is_the_gradient_of_monais_sliding_window_predicti
 def test_integrated_gradients_by_windows_match_their_whole_model_form():
     network, (inputs, region) = _network(), _case()
     explainer = make_explainer("ig", network, n_steps=4)
-    windowed, _ = attribute_by_windows(explainer, inputs, 2, region, PATCH, OVERLAP)
+    windowed, _ = attribute_by_windows(explainer, inputs, 2, region, _windows(inputs))
 
     def whole(x):  # the sliding-window model's score, differentiable as a whole
         logits = sliding_window_inference(x, roi_size=PATCH, sw_batch_size=2, predictor=network, overlap=OVERLAP,
@@ -71,7 +75,7 @@ def test_windows_that_do_not_meet_the_region_are_not_run():
     network[0].register_forward_hook(lambda _m, i, _o: calls.append(tuple(i[0].shape[2:])))
     windows = SlidingWindows.plan(inputs.shape[2:], PATCH, OVERLAP)
     needed = len(windows.shares(region))
-    attribute_by_windows(make_explainer("gradcam", network, "0"), inputs, 2, region, PATCH, OVERLAP)
+    attribute_by_windows(make_explainer("gradcam", network, "0"), inputs, 2, region, _windows(inputs))
     assert len(calls) == needed < len(windows.boxes)
     assert set(calls) == {PATCH}  # one window at a time, never the whole grid
 
@@ -79,7 +83,7 @@ def test_windows_that_do_not_meet_the_region_are_not_run():
 def test_a_grid_thinner_than_a_window_is_padded_as_monai_pads_it():
     network, (inputs, region) = _network(), _case(shape=(40, 28, 10))  # 10 < 16 along the last axis
     expected = _monai_gradient(network, inputs, region).abs()
-    windowed, _ = attribute_by_windows(make_explainer("gradient", network), inputs, 2, region, PATCH, OVERLAP)
+    windowed, _ = attribute_by_windows(make_explainer("gradient", network), inputs, 2, region, _windows(inputs))
     assert windowed.shape == expected.shape
     assert torch.allclose(windowed, expected, atol=1e-6 * float(expected.max()))
 
@@ -98,7 +102,7 @@ def test_windowed_occlusion_finds_the_region_and_nothing_beyond_its_reach():
     inputs = torch.ones(1, 1, *region.shape)
     inputs[0, 0][region] = 5.0  # a bright region: hiding (blurring) any of it lowers its score
     explainer = make_explainer("occlusion", _copying_network(), window=2, mode="exact")
-    saliency, info = attribute_by_windows(explainer, inputs, 2, region, PATCH, OVERLAP)
+    saliency, info = attribute_by_windows(explainer, inputs, 2, region, _windows(inputs))
     outside = saliency[0, 0].clone()
     outside[3:15, 5:21, 1:11] = 0  # the region and the windows that straddle its border
     assert float(saliency[0, 0][region].min()) > 0
@@ -109,7 +113,7 @@ def test_windowed_occlusion_finds_the_region_and_nothing_beyond_its_reach():
 def test_windowed_grad_cam_is_one_map_scaled_as_a_whole():
     inputs, region = _case()
     saliency, info = attribute_by_windows(make_explainer("gradcam", _copying_network(), "0"), inputs.abs() + 1.0, 2,
-                                          region, PATCH, OVERLAP)
+                                          region, _windows(inputs))
     assert float(saliency.max()) == pytest.approx(1.0)
     windows = SlidingWindows.plan(inputs.shape[2:], PATCH, OVERLAP)
     covered = torch.zeros(inputs.shape[2:], dtype=torch.bool)

@@ -545,11 +545,13 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         """The card summary the pickers show, read from ``configs/metadata.json`` (None when unreadable);
         cached per file version, since every parameter change asks for it."""
         metadataPath = os.path.join(bundlePath, "configs", "metadata.json")
+        plansPath = os.path.join(bundlePath, "plans.json")  # an nnU-Net trained model folder
+        cardPath = plansPath if not os.path.isfile(metadataPath) and os.path.isfile(plansPath) else metadataPath
         try:
-            status = os.stat(metadataPath)
+            status = os.stat(cardPath)
         except OSError:
             return None
-        return _readModelCard(metadataPath, status.st_mtime_ns, status.st_size)
+        return _readModelCard(cardPath, status.st_mtime_ns, status.st_size)
 
     # --- clinical tasks and audiences (catalogue: Resources/Tasks/tasks.json) ---
 
@@ -892,12 +894,22 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
 
 @functools.lru_cache(maxsize=64)
 def _readModelCard(metadataPath: str, _mtime: int, _size: int) -> Optional[dict]:
-    """The card summary of one version of a ``metadata.json`` (see ``XAIExplainLogic._modelCard``)."""
-    try:
-        with open(metadataPath, encoding="utf-8") as metadataFile:
-            metadata = json.load(metadataFile)
-    except (OSError, ValueError):
-        return None
+    """The card summary of one version of a ``metadata.json`` or an nnU-Net ``plans.json`` (see
+    ``XAIExplainLogic._modelCard``)."""
+    if os.path.basename(metadataPath) == "plans.json":
+        from XAIExplainLib.errors import XAIModelError
+        from XAIExplainLib.nnunet_card import nnunet_card_metadata
+
+        try:
+            metadata = nnunet_card_metadata(pathlib.Path(os.path.dirname(metadataPath)))
+        except (OSError, XAIModelError):
+            return None
+    else:
+        try:
+            with open(metadataPath, encoding="utf-8") as metadataFile:
+                metadata = json.load(metadataFile)
+        except (OSError, ValueError):
+            return None
     if not isinstance(metadata, dict):
         return None
     # The card as the engine reads it (a zoo bundle's own metadata, overridden by its xai section);

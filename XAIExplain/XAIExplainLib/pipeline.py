@@ -22,7 +22,7 @@ from . import __version__
 from .errors import XAIInputError, XAIModelError
 from .casecache import MAX_RECORDED_VOXELS, CachedCase, CaseCache, map_key
 from .explainers import EXPLAINERS, Explainer, make_explainer
-from .explainers.windowed import attribute_by_windows, windowed_score
+from .explainers.windowed import SlidingWindows, attribute_by_windows, windowed_score
 from .explainers.cam import LayerRecording
 from .applicability import assess_applicability
 from .imageio import describe_geometry, validate_image
@@ -115,9 +115,12 @@ def prepare_case(image: sitk.Image, model: LoadedModel, other_channels: Sequence
         raise XAIModelError(
             f"Model {model.model_id} takes {model.spec.num_channels} input volume(s), one per channel in this order: "
             f"{', '.join(names)}; {len(volumes)} given.")
-    grid = model_grid(image, model.spec.input)
     for index, volume in enumerate(other_channels, start=1):
         _check_same_region(image, volume, _channel_label(model, index))
+    if model.runtime is not None:
+        grid, inputs = model.runtime.prepare(volumes)
+        return PreparedCase(image=image, grid=grid, inputs=inputs)
+    grid = model_grid(image, model.spec.input)
     arrays = [normalise_intensity(to_model_grid(volume, grid), model.spec.intensity) for volume in volumes]
     return PreparedCase(image=image, grid=grid, inputs=torch.from_numpy(np.stack(arrays))[None])
 
@@ -158,26 +161,37 @@ def attribute_case(model: LoadedModel, explainer: Explainer, inputs: torch.Tenso
     the explanation was run window by window (:mod:`XAIExplainLib.explainers.windowed`); else None."""
     if target.region is None or not uses_sliding_window(model, inputs):
         return explainer.attribute(inputs, target.fn, stage), None
-    return attribute_by_windows(explainer, inputs, target.class_index, target.region, model.spec.input.patch_size,
-                                model.spec.input.overlap, stage)
+    return attribute_by_windows(explainer, inputs, target.class_index, target.region, sliding_windows(model, inputs),
+                                stage)
 
 
 def _score_network(model: LoadedModel, inputs: torch.Tensor, target: Target) -> tuple[torch.nn.Module, TargetFn]:
     """What to take gradients of for ``target``: the network, or the sliding-window model's windowed score."""
     if target.region is None or not uses_sliding_window(model, inputs):
         return model.network, target.fn
-    return windowed_score(model.network, inputs, target.class_index, target.region, model.spec.input.patch_size,
-                          model.spec.input.overlap)
+    return windowed_score(model.network, target.class_index, target.region, sliding_windows(model, inputs))
+
+
+def sliding_windows(model: LoadedModel, inputs: torch.Tensor) -> SlidingWindows:
+    """The windows ``model`` is predicted in on the grid of ``inputs``: its framework's, else MONAI's."""
+    if model.runtime is not None:
+        return model.runtime.sliding_windows(inputs.shape[2:])
+    return SlidingWindows.plan(inputs.shape[2:], model.spec.input.patch_size, model.spec.input.overlap)
 
 
 def uses_sliding_window(model: LoadedModel, inputs: torch.Tensor) -> bool:
-    """Whether ``inputs`` is predicted window by window (a segmentation grid larger than the patch size)."""
+    """Whether ``inputs`` is predicted window by window (a segmentation grid larger than the patch size, or a
+    framework that always predicts in windows, as nnU-Net pads a small grid to one)."""
     patch = model.spec.input.patch_size
+    if model.runtime is not None:
+        return True
     return model.spec.task == "segmentation" and bool(patch) and any(s > p for s, p in zip(inputs.shape[2:], patch))
 
 
 def predict_logits(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
     """Network output for a batch on the model grid; sliding windows when it exceeds the patch size."""
+    if model.runtime is not None:
+        return model.runtime.predict_logits(model.network, inputs)
     if uses_sliding_window(model, inputs):
         from monai.inferers import sliding_window_inference
 

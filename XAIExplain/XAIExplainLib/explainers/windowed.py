@@ -64,19 +64,26 @@ class SlidingWindows:
         from monai.data.utils import compute_importance_map, dense_patch_slices
 
         spatial, patch = tuple(int(s) for s in spatial), tuple(int(p) for p in patch)
-        pad: list[int] = []
-        for size, window in reversed(list(zip(spatial, patch))):
-            missing = max(window - size, 0)
-            pad.extend([missing // 2, missing - missing // 2])
         padded = tuple(max(s, p) for s, p in zip(spatial, patch))
         # MONAI's scan interval: a window's size times (1 - overlap), at least 1; the whole axis if it is one window.
         interval = tuple(p if p == s else max(int(p * (1 - overlap)), 1) for s, p in zip(padded, patch))
         boxes = tuple(tuple(box) for box in dense_patch_slices(padded, patch, interval))
         importance = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125, dtype=torch.float32)
-        coverage = torch.zeros(padded)
+        return cls.from_boxes(spatial, patch, boxes, importance)
+
+    @classmethod
+    def from_boxes(cls, spatial: Sequence[int], patch: Sequence[int], boxes: Sequence[tuple[slice, ...]],
+                   importance: torch.Tensor) -> "SlidingWindows":
+        """Another engine's windows (nnU-Net's) on the grid padded as MONAI pads it, with its blending weights."""
+        spatial, patch = tuple(int(s) for s in spatial), tuple(int(p) for p in patch)
+        pad: list[int] = []
+        for size, window in reversed(list(zip(spatial, patch))):
+            missing = max(window - size, 0)
+            pad.extend([missing // 2, missing - missing // 2])
+        coverage = torch.zeros(tuple(max(s, p) for s, p in zip(spatial, patch)))
         for box in boxes:
             coverage[box] += importance
-        return cls(spatial, patch, tuple(pad), boxes, importance, coverage)
+        return cls(spatial, patch, tuple(pad), tuple(tuple(b) for b in boxes), importance, coverage)
 
     def pad_input(self, inputs: torch.Tensor) -> torch.Tensor:
         return F.pad(inputs, self.pad) if any(self.pad) else inputs
@@ -122,14 +129,12 @@ class WindowedScore(torch.nn.Module):
 
 
 def attribute_by_windows(explainer: Explainer, inputs: torch.Tensor, class_index: int, region: torch.Tensor,
-                         patch: Sequence[int], overlap: float,
+                         windows: SlidingWindows,
                          stage: Optional[Stage] = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """``explainer``'s map ``[1, 1, *spatial]`` of the class's logits summed over ``region`` (``[*spatial]``),
-    for the network run in sliding windows of ``patch`` with ``overlap`` (see the module notes), and what ran
-    (windows needed of the grid's windows)."""
-    windows = SlidingWindows.plan(inputs.shape[2:], patch, overlap)
+    for the network run in ``windows`` (see the module notes), and what ran (windows needed of the grid's)."""
     parts = windows.shares(region)
-    info: dict[str, Any] = {"patch_size": list(windows.patch), "overlap": overlap, "windows_run": len(parts),
+    info: dict[str, Any] = {"patch_size": list(windows.patch), "windows_run": len(parts),
                             "windows_in_grid": len(windows.boxes)}
     if not parts:
         return torch.zeros_like(inputs[:, :1]), info
@@ -157,11 +162,10 @@ def _per_window(explainer: Explainer, inputs: torch.Tensor, class_index: int, wi
     return scale_to_unit(total) if isinstance(explainer, _CAMBase) else total
 
 
-def windowed_score(network: torch.nn.Module, inputs: torch.Tensor, class_index: int, region: torch.Tensor,
-                   patch: Sequence[int], overlap: float) -> tuple[WindowedScore, TargetFn]:
+def windowed_score(network: torch.nn.Module, class_index: int, region: torch.Tensor,
+                   windows: SlidingWindows) -> tuple[WindowedScore, TargetFn]:
     """The sliding-window model's region score as a network of its own, and the target that reads it: for
     gradients of the score that keep one window's activations alive at a time."""
-    windows = SlidingWindows.plan(inputs.shape[2:], patch, overlap)
     return WindowedScore(network, windows, class_index, windows.shares(region)), _identity
 
 

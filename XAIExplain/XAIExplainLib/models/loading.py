@@ -27,6 +27,8 @@ from ..bundle_card import derive_card
 from ..errors import XAIModelError
 from ..resources import bundled_models_dir, resources_dir
 from .layers import rank_cam_layers, trace_network
+from ..nnunet_card import is_nnunet_folder, nnunet_card_metadata
+from .nnunet import NNUNetNetwork, NNUNetRuntime, load_nnunet_network
 from .pooling import MaxPooledClassifier, pooled_layer_name
 from .safe_config import MetaBuildError, build_network
 from .spec import ModelSpec
@@ -59,7 +61,9 @@ class LoadedModel:
     spec: ModelSpec
     path: Path
     sha256: str
-    source: str  # "bundle" or "torchscript"
+    source: str  # "bundle", "torchscript" or "nnunet"
+    #: A framework that prepares and predicts in its own way (nnU-Net); None: the engine's steps from the card.
+    runtime: Optional[Any] = None
 
     @property
     def model_id(self) -> str:
@@ -83,6 +87,10 @@ class LoadedModel:
 
     def describe_preprocessing(self) -> dict:
         """What was done to the image before the network saw it, and where the card says so."""
+        if self.runtime is not None:
+            return {**self.runtime.describe(), "output_activation": self.spec.output_activation,
+                    "cam_target_layer": self.spec.cam_target_layer,
+                    "card_sources": dict(self.spec.metadata.get("_xai_sources", {}))}
         grid = self.spec.input
         return {
             "orientation": grid.orientation,
@@ -143,7 +151,10 @@ def read_model_spec(path: Path) -> ModelSpec:
 
 
 def card_metadata(path: Path) -> dict:
-    """The metadata of a bundle or TorchScript model with its effective ``xai`` card (derived for a bundle)."""
+    """The metadata of a bundle or TorchScript model with its effective ``xai`` card (derived for a bundle,
+    read from its JSON files for an nnU-Net model folder)."""
+    if is_nnunet_folder(path):
+        return nnunet_card_metadata(path)
     metadata = _read_metadata(path)
     if path.is_dir():
         derived = derive_bundle_card(path, metadata)
@@ -185,6 +196,8 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
     input channels disagree with its metadata.
     """
     path = resolve_model_path(name_or_path)
+    if is_nnunet_folder(path):
+        return _load_nnunet(path, trust_bundle)
     spec = read_model_spec(path)
     weights = bundle_weights_file(path)
     sha256 = file_sha256(weights)
@@ -216,6 +229,21 @@ def load_model(name_or_path: str | os.PathLike, trust_bundle: bool = False) -> L
             spec = dataclasses.replace(spec, cam_target_layer=suggested[0])
     prepare_for_explaining(network)
     return LoadedModel(network=network, spec=spec, path=path.absolute(), sha256=sha256, source=source)
+
+
+def _load_nnunet(path: Path, trust: bool) -> LoadedModel:
+    """An nnU-Net v2 trained model folder (:mod:`.nnunet`)."""
+    spec = read_model_spec(path)
+    network, parts = load_nnunet_network(path, trust)
+    network = NNUNetNetwork(network)
+    trace = trace_network(network, spec.num_channels, spec.input.patch_size)
+    if trace is not None and not spec.cam_target_layer:
+        suggested = rank_cam_layers(trace, spec.task)
+        if suggested:
+            spec = dataclasses.replace(spec, cam_target_layer=suggested[0])
+    prepare_for_explaining(network)
+    return LoadedModel(network=network, spec=spec, path=path.absolute(), sha256=file_sha256(parts.checkpoint),
+                       source="nnunet", runtime=NNUNetRuntime(parts))
 
 
 def prepare_for_explaining(network: torch.nn.Module) -> None:
