@@ -8,8 +8,8 @@ Networks, random but seeded weights, sized as the MONAI Model Zoo bundles: ``une
 UNet 16-256, 2 residual units, batch norm, 2 classes), ``segresnet`` (wholeBody_ct_segmentation: SegResNet,
 32 filters, blocks [1,2,2,4], 105 classes), ``swinunetr`` (swin_unetr_btcv_segmentation: feature size 48, 14
 classes). Each is run in 96^3 windows with overlap 0.25 and Gaussian blending, on a seeded CT-like volume
-scaled to 0..1; the target is class 1's logits summed over a 40x40x30 box (a lesion- or small-organ-sized
-region) that meets 4 of the grid's windows.
+scaled to 0..1; the target is class 1's logits summed over a 24x24x20 box (a lesion) that meets 2 of the
+grid's windows (98 on 512x512x120).
 
 Rows: ours (:func:`XAIExplainLib.explainers.windowed.attribute_by_windows`, with the engine's 2 GB budget)
 and the reference — Captum's Saliency, NoiseTunnel(Saliency), IntegratedGradients and Occlusion with MONAI's
@@ -27,12 +27,10 @@ fits) are compared: max |difference| / range of the reference.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "XAIExplain"), str(Path(__file__).parent)]
@@ -69,12 +67,12 @@ def build_network(name: str) -> torch.nn.Module:
 
 
 def ct_like(grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded smooth volume in 0..1 with a bright blob, and the 40x40x30 target box around the blob."""
+    """A seeded smooth volume in 0..1 with a bright blob, and the 24x24x20 target box around the blob."""
     generator = torch.Generator().manual_seed(0)
     coarse = torch.rand(1, 1, *(max(g // 16, 2) for g in grid), generator=generator)
     inputs = torch.nn.functional.interpolate(coarse, size=grid, mode="trilinear", align_corners=False) * 0.6
-    centre = (min(grid[0] - 21, 84), min(grid[1] - 21, 84), min(grid[2] - 16, 78))  # near window borders
-    box = tuple(slice(c - h, c + h) for c, h in zip(centre, (20, 20, 15)))
+    centre = (min(grid[0] - 13, 42), min(grid[1] - 13, 42), min(grid[2] - 11, 50))
+    box = tuple(slice(c - h, c + h) for c, h in zip(centre, (12, 12, 10)))
     inputs[(0, 0, *box)] += 0.3
     region = torch.zeros(grid, dtype=torch.bool)
     region[box] = True
@@ -129,35 +127,42 @@ def reference(method: str, network: torch.nn.Module, layer: Optional[str], input
     raise SystemExit(f"unknown method {method}")
 
 
-def capped(fn: Callable[[], Any], cap_gb: float, timeout_s: float) -> tuple[Optional[Run], str]:
-    """``fn()`` in a forked child, stopped when its resident memory passes ``cap_gb`` or its time ``timeout_s``:
-    (its wall time and peak above its start, or None; what happened)."""
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
+def capped(network: str, method: str, grid: str, cap_gb: float, timeout_s: float) -> tuple[Optional[Run], str]:
+    """The reference row in a child process (this script with ``--reference``), stopped when its resident memory
+    passes ``cap_gb`` or its time ``timeout_s``: (its wall time and peak above its start, or None; what happened)."""
+    import json
+    import subprocess
 
-    def child() -> None:
-        run = measure_once(fn)
-        results.put((run.seconds, run.peak_mib))
-
-    start_rss = _rss(os.getpid())
-    process = context.Process(target=child, daemon=True)
-    clock = time.perf_counter()
-    process.start()
-    peak = 0.0
-    while process.is_alive():
-        process.join(0.05)
-        peak = max(peak, _rss(process.pid) - start_rss)
+    child = subprocess.Popen([sys.executable, __file__, "--reference", network, method, "--grid", grid,
+                              "--threads", str(torch.get_num_threads())], stdout=subprocess.PIPE, text=True)
+    clock, peak = time.perf_counter(), 0.0
+    while child.poll() is None:
+        time.sleep(0.05)
+        peak = max(peak, _rss(child.pid))
         elapsed = time.perf_counter() - clock
         if peak > cap_gb * 2**30:
-            process.kill()
+            child.kill()
+            child.wait()
             return None, f"stopped above {cap_gb:g} GB after {elapsed:.0f} s"
         if elapsed > timeout_s:
-            process.kill()
-            return None, f"stopped after {timeout_s:.0f} s (peak so far {peak / 2**30:.1f} GB)"
-    if process.exitcode != 0:
-        return None, f"failed (exit code {process.exitcode})"
-    seconds, peak_mib = results.get(timeout=5)
-    return Run(seconds, peak_mib, None), "done"
+            child.kill()
+            child.wait()
+            return None, f"stopped after {timeout_s:.0f} s ({peak / 2**30:.1f} GB so far)"
+    if child.returncode != 0:
+        return None, f"failed (exit code {child.returncode})"
+    measured = json.loads(child.stdout.read().strip().splitlines()[-1])
+    return Run(measured["seconds"], measured["peak_mib"], None), "done"
+
+
+def reference_row(network_name: str, method: str, grid: tuple[int, ...]) -> None:
+    """The child's side of :func:`capped`: one reference run, its time and peak printed as JSON."""
+    import json
+
+    network = build_network(network_name)
+    layer = (suggest_cam_layers(network, "segmentation", 1, PATCH) or [None])[0]
+    inputs, region = ct_like(grid)
+    run = measure_once(lambda: reference(method, network, layer, inputs, region))
+    print(json.dumps({"seconds": run.seconds, "peak_mib": run.peak_mib}))
 
 
 def _rss(pid: int) -> float:
@@ -183,13 +188,17 @@ def main() -> int:
     parser.add_argument("--networks", default="unet,segresnet,swinunetr")
     parser.add_argument("--methods", default="gradcam,gradient,smoothgrad,ig,occlusion")
     parser.add_argument("--cap-gb", type=float, default=8.0)
-    parser.add_argument("--timeout-s", type=float, default=300.0)
+    parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--reference", nargs=2, metavar=("NETWORK", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     grid = tuple(int(v) for v in args.grid.split(","))
+    if args.reference:
+        reference_row(*args.reference, grid)
+        return 0
     methods = args.methods.split(",")
     print(f"torch {torch.__version__}, {args.threads} threads, grid {'x'.join(map(str, grid))}, windows {PATCH} "
           f"overlap {OVERLAP}, reference capped at {args.cap_gb:g} GB / {args.timeout_s:.0f} s", flush=True)
@@ -207,8 +216,7 @@ def main() -> int:
             if args.no_reference:
                 theirs, ratio = "", ""
             else:
-                other, what = capped(lambda: reference(method, network, layer, inputs, region), args.cap_gb,
-                                     args.timeout_s)
+                other, what = capped(name, method, args.grid, args.cap_gb, args.timeout_s)
                 theirs = f"{other.seconds:.1f} s, {other.peak_mib / 1024:.2f} GB" if other else what
                 ratio = (f"{other.seconds / run.seconds:.1f}x time, {other.peak_mib / max(run.peak_mib, 1):.1f}x memory"
                          if other else f"> {args.cap_gb * 1024 / max(run.peak_mib, 1):.1f}x memory" if "GB after" in what
