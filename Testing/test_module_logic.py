@@ -118,6 +118,14 @@ def test_the_slicer_logic_explains_a_zoo_bundle(explainModule, tmp_path):
     nodes = logic.explain(parameters)
     assert nodes.saliency.GetImageData().GetDimensions() == inputNode.GetImageData().GetDimensions()
     assert nodes.segmentation is not None
+    # The target picker after the run: one structure predicted at most, so nothing listed twice or first.
+    assert [value for _title, value in logic.targetChoices(bundle)] == ["", "background", "spleen"]
+    # With several structures predicted, they come first, largest first, with their volumes.
+    logic.lastResult.prediction.update(class_names=["background", "spleen", "liver"],
+                                       volumes_ml={"background": 9.0, "spleen": 2.0, "liver": 5.0})
+    names = ["background", "spleen", "liver"]
+    logic.modelClassNames = lambda model: names
+    assert logic.targetChoices(bundle)[1:3] == [("Predicted: liver (5.0 ml)", "liver"), ("Predicted: spleen (2.0 ml)", "spleen")]
 
 
 def test_the_slicer_logic_takes_one_volume_per_channel(explainModule, tmp_path):

@@ -195,3 +195,21 @@ def test_state_guard_lets_the_browser_change_only_offered_choices():
                "not a change", {"key": ["model"]}]
     assert guard.filter(changes) == [{"key": "model", "value": "demo"}, {"key": "opacity", "value": 0.3},
                                      {"key": "trame__busy", "value": 1}]
+
+
+def test_the_structure_picker_lists_predicted_structures_largest_first():
+    import types
+
+    from XAIViewer.app import structure_choices
+
+    result = types.SimpleNamespace(
+        prediction={"task": "segmentation", "class_names": ["background", "liver", "spleen", "kidney"],
+                    "volumes_ml": {"background": 900.0, "liver": 1500.0, "spleen": 150.0, "kidney": 0.0}},
+        explanation={"target": {"class_name": "liver"}},
+        uncertainty_info={"structures": {"spleen": {"volume_ml_mean": 151.2, "volume_ml_std": 4.0}}})
+    assert structure_choices(result) == [{"title": "liver (1500.0 ml)", "value": "liver"},
+                                         {"title": "spleen (151.2 ± 4.0 ml)", "value": "spleen"}]
+    result.prediction["volumes_ml"]["spleen"] = 0.0  # one structure: nothing to pick
+    assert structure_choices(result) == []
+    result.prediction = {"task": "classification"}
+    assert structure_choices(result) == []

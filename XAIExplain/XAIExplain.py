@@ -292,9 +292,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _populateTargets(self) -> None:
         wasBlocked = self.ui.targetComboBox.blockSignals(True)
         self.ui.targetComboBox.clear()
-        self.ui.targetComboBox.addItem(_("Predicted class"), "")
-        for className in self.logic.modelClassNames(self._parameterNode.model):
-            self.ui.targetComboBox.addItem(className, className)
+        for title, value in self.logic.targetChoices(self._parameterNode.model):
+            self.ui.targetComboBox.addItem(title, value)
         index = self.ui.targetComboBox.findData(self._parameterNode.target)
         self.ui.targetComboBox.currentIndex = max(index, 0)
         self.ui.targetComboBox.blockSignals(wasBlocked)
@@ -421,6 +420,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.applyRunResults(self._parameterNode, run)
                 self.ui.statusLabel.text = _("Done.")
                 self.ui.summaryTextBrowser.setPlainText(self.logic.summaryText(self._parameterNode))
+                self._populateTargets()  # a segmentation result's predicted structures first
         self._onParameterNodeModified()
 
 
@@ -518,6 +518,22 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
     def modelClassNames(self, model: str) -> list:
         """Class names of a bundled model (by name) or a bundle folder; empty when unknown."""
         return self._cardOf(model).get("class_names", [])
+
+    def targetChoices(self, model: str) -> list:
+        """``(title, value)`` of the target picker: the engine's default first (""), then, after a segmentation
+        run of this model, the structures it predicted (largest first, with their volumes), then the other
+        classes; 105-structure models list what is in the case first."""
+        classNames = self.modelClassNames(model)
+        choices = [(_("Predicted class (largest predicted structure)"), "")]
+        predicted = []
+        result = self.lastResult
+        if result is not None and list(result.prediction.get("class_names", [])) == classNames:
+            from XAIExplainLib.pipeline import predicted_structures
+
+            predicted = predicted_structures(result)
+        choices += [(_("Predicted: {title}").format(title=title), name) for name, title in predicted]
+        listed = {name for name, _title in predicted}
+        return choices + [(name, name) for name in classNames if name not in listed]
 
     def modelChannelNames(self, model: str) -> list:
         """The names of the model's input channels, in order (one name for a one-volume model)."""

@@ -20,6 +20,7 @@ from XAIExplainLib.explainers import EXPLAINERS
 from XAIExplainLib.audiences import AUDIENCES
 from XAIExplainLib.models import list_bundled_models, read_model_spec, resolve_model_path
 from XAIExplainLib.tasks import load_catalogue, methods_for_task, models_for_task
+from XAIExplainLib.pipeline import predicted_structures
 from XAIExplainLib.progress import CancelToken
 
 from .security import StateGuard, limit_websocket_messages, number_in, one_of
@@ -70,6 +71,8 @@ class XAIViewerApp:
         self.state.change("task")(self._on_task)
         self.state.change("audience")(self._show_summary)
         self.state.change("model", "method")(self._forget_checks)
+        self.state.change("model")(self._forget_structures)
+        self.state.change("structure")(self._on_structure)
         self.state.change("task", "method")(self._show_method_hint)
 
     # --- state ---
@@ -115,6 +118,9 @@ class XAIViewerApp:
             "faithfulness_png": "", "faithfulness_lines": [],
             "report_href": "",
             "report_name": "",
+            # Segmentation models: the predicted structures the explanation can be about, and the one it is.
+            "structures": [],
+            "structure": None,
         })
 
     def _guard_state(self) -> None:
@@ -127,6 +133,7 @@ class XAIViewerApp:
             "case_name": lambda value: value is None or one_of(lambda: state.cases)(value),
             "task": lambda value: value is None or one_of(lambda: state.tasks)(value),
             "audience": one_of(lambda: state.audiences),
+            "structure": lambda value: value is None or one_of(lambda: state.structures)(value),
             "panel": one_of(lambda: ["explain", "robustness", "checks"]),
             "opacity": number_in(0.0, 1.0),
             "threshold": number_in(0.0, 0.95),
@@ -201,6 +208,7 @@ class XAIViewerApp:
             self.state.summary_text = ""
             self.state.ground_truth_text = ""
             self.state.has_result = False
+            self.state.structures, self.state.structure = [], None
             if self.session.case_name not in [c["value"] for c in self.state.cases]:
                 self.state.case_name = None
 
@@ -208,7 +216,7 @@ class XAIViewerApp:
 
     def run(self) -> None:
         settings = RunSettings(model=self.state.model, method=self.state.method, uncertainty=self.state.uncertainty,
-                               task=self.state.task)
+                               task=self.state.task, target=self.state.structure)
         self._start(lambda image, progress, cancel: self.session.compute(image, settings, progress, cancel),
                     lambda outcome: self._show_result(*outcome, settings))
 
@@ -275,6 +283,17 @@ class XAIViewerApp:
         self._show_summary(self.state.audience)
         self.state.has_result = True
         self.state.report_href = ""
+        self.state.structures = structure_choices(result)
+        self.state.structure = result.explanation["target"]["class_name"] if self.state.structures else None
+
+    def _on_structure(self, structure: Optional[str], **_: Any) -> None:
+        """Another predicted structure picked: explain it (the case's forward pass is reused)."""
+        result = self.session.result
+        if structure and result is not None and structure != result.explanation["target"]["class_name"]:
+            self.run()
+
+    def _forget_structures(self, **_: Any) -> None:
+        self.state.structures, self.state.structure = [], None
 
     def _show_check(self, kind: str, outcome) -> None:
         self.state[f"{kind}_png"] = "data:image/png;base64," + base64.b64encode(outcome.png).decode()
@@ -366,6 +385,11 @@ def _mask_beside(path: str) -> Optional[str]:
             mask = candidate.with_name(candidate.name[: -len(suffix)] + "_mask" + suffix)
             return str(mask) if mask.is_file() else None
     return None
+
+
+def structure_choices(result) -> list[dict]:
+    """The structure picker's entries (see :func:`XAIExplainLib.pipeline.predicted_structures`)."""
+    return [{"title": title, "value": name} for name, title in predicted_structures(result)]
 
 
 def _prediction_line(result) -> str:

@@ -77,6 +77,9 @@ def _explain_panel(app: Any) -> None:
     v3.VSelect(label="Written for", items=("audiences",), v_model=("audience",),
                density="compact", hide_details=True, classes="mb-3", id="audience-select")
     _run_button("Run", app.run, "run")
+    v3.VSelect(label="Explained structure", items=("structures",), v_model=("structure",), density="compact",
+               hide_details=True, classes="mt-2", v_show=("structures.length > 1",), disabled=("running",),
+               id="structure-select")
 
     with v3.VCard(v_show=("has_result",), variant="tonal", classes="my-3", id="result-card"):
         v3.VCardTitle("{{ prediction_text }}", classes="text-subtitle-1 text-wrap", id="prediction")

@@ -42,7 +42,8 @@ from .uncertainty import (
 
 __all__ = ["PreparedCase", "ExplanationResult", "prepare_case", "predict_logits", "predict_probabilities",
            "probabilities_from_logits", "uses_sliding_window", "attribute_case", "explain_image", "CaseCache",
-           "map_statistics", "describe_prediction", "resolve_target", "explainer_params", "build_provenance"]
+           "map_statistics", "describe_prediction", "resolve_target", "structure_uncertainty",
+           "predicted_structures", "explainer_params", "build_provenance"]
 
 #: Methods that need a single forward and backward pass: cheap enough to repeat per uncertainty sample.
 _SINGLE_PASS_METHODS = ("gradcam", "gradcampp", "gradient")
@@ -528,6 +529,7 @@ def _estimate_uncertainty(model: LoadedModel, case: PreparedCase, method: str, t
             max_entropy=float(np.log(samples.shape[1])),
             mean_mutual_information=float(information.mean()),
             statistics=map_statistics(uncertainty_map),
+            structures=structure_uncertainty(model, case, samples, entropy_map),
         )
         stage.report(1.0, "uncertainty done")
         return uncertainty_map, info
@@ -537,6 +539,54 @@ def _estimate_uncertainty(model: LoadedModel, case: PreparedCase, method: str, t
     info.update(map=f"standard deviation of the {spread_method} map across the {n_samples} samples, per voxel",
                 statistics=map_statistics(uncertainty_map))
     return uncertainty_map, info
+
+
+def predicted_structures(result: "ExplanationResult") -> list[tuple[str, str]]:
+    """``(name, title)`` of the structures a segmentation result predicts, largest first, the explained one
+    always among them; the title gives the volume (and its spread across uncertainty samples). Empty for
+    classifiers and for results with one structure: there is nothing to pick."""
+    prediction = result.prediction
+    if prediction.get("task") != "segmentation":
+        return []
+    spread = result.uncertainty_info.get("structures", {})
+    found = sorted(((name, volume) for name, volume in prediction["volumes_ml"].items()
+                    if volume > 0 and (prediction.get("multilabel") or name != prediction["class_names"][0])),
+                   key=lambda item: -item[1])
+    explained = result.explanation.get("target", {}).get("class_name")
+    if explained and explained not in [name for name, _ in found]:
+        found.append((explained, prediction["volumes_ml"].get(explained, 0.0)))
+    if len(found) < 2:
+        return []
+
+    def title(name: str, volume: float) -> str:
+        if name in spread:
+            return f"{name} ({spread[name]['volume_ml_mean']:.1f} ± {spread[name]['volume_ml_std']:.1f} ml)"
+        return f"{name} ({volume:.1f} ml)"
+
+    return [(name, title(name, volume)) for name, volume in found]
+
+
+def structure_uncertainty(model: LoadedModel, case: PreparedCase, samples: torch.Tensor,
+                          entropy_map: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per predicted structure: its volume in each sample (mean and spread, ml on the model grid) and the mean
+    predictive entropy over the voxels the samples' mean assigns to it. ``samples``: ``[S, K, *grid]``."""
+    multilabel = is_multilabel(model, samples)
+    mean = samples.mean(dim=0)
+    # Labels, not one-hot maps: a 105-structure model on a CT grid would not fit one-hot.
+    labels, mean_labels = (None, None) if multilabel else (samples.argmax(dim=1).short(), mean.argmax(dim=0).short())
+    voxel_ml = float(np.prod(case.grid.GetSpacing())) / 1000.0
+    structures = {}
+    for index, name in enumerate(model.spec.class_names):
+        if not multilabel and index == 0:
+            continue  # background
+        members = samples[:, index] > 0.5 if multilabel else labels == index
+        region = mean[index] > 0.5 if multilabel else mean_labels == index
+        volumes = members.flatten(1).sum(dim=1).double() * voxel_ml
+        if not bool(region.any()) and float(volumes.max()) == 0.0:
+            continue
+        structures[name] = {"volume_ml_mean": float(volumes.mean()), "volume_ml_std": float(volumes.std()),
+                            "mean_entropy": float(entropy_map[region].mean()) if bool(region.any()) else 0.0}
+    return structures
 
 
 def _single_pass_explainer(model: LoadedModel, method: str):
