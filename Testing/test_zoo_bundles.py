@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 import SimpleITK as sitk
 
@@ -223,3 +224,19 @@ def test_sigmoid_structures_get_their_own_volumes_and_a_label_map(tmp_path):
     values = set(np.unique(sitk.GetArrayViewFromImage(labels)).tolist())
     assert values == {0, 1, 2}  # none, core (where it overlaps the whole tumour, the more probable), whole
     assert labels.GetSize() == case.image.GetSize()
+
+
+def test_robustness_checks_explain_a_sliding_window_model_window_by_window(spleen):
+    """The sweep's and the randomisation check's maps of a model predicted in windows are its windowed maps."""
+    from XAIExplainLib.explainers.windowed import SlidingWindows
+    from XAIExplainLib.pipeline import attribute_case
+    from XAIRobustnessLib.reference import explain_reference
+    from XAIRobustnessLib.sanity import sanity_check
+
+    model = load_model(spleen)
+    image = make_image(size=(48, 40, 30), spacing=(0.9, 1.1, 2.5), blob_index=(30, 20, 14))
+    reference = explain_reference(image, model, "gradient")
+    assert len(SlidingWindows.plan(reference.case.inputs.shape[2:], (32, 32, 32), 0.5).boxes) > 1
+    windowed, info = attribute_case(model, reference.explainer, reference.case.inputs, reference.target)
+    assert info is not None and torch.allclose(reference.saliency, windowed[0, 0])
+    assert sanity_check(image, model, "gradient", max_steps=2).steps

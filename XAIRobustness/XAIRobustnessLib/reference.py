@@ -21,7 +21,8 @@ from XAIExplainLib.errors import XAIInputError
 from XAIExplainLib.explainers import EXPLAINERS, Explainer, make_explainer
 from XAIExplainLib.explainers.budget import batch_size_for
 from XAIExplainLib.models import LoadedModel
-from XAIExplainLib.pipeline import PreparedCase, explainer_params, resolve_target, predict_probabilities, prepare_case
+from XAIExplainLib.pipeline import (PreparedCase, attribute_case, explainer_params, predict_probabilities, prepare_case,
+                                   resolve_target, uses_sliding_window)
 from XAIExplainLib.preprocessing import to_model_grid
 from XAIExplainLib.progress import Stage
 from XAIExplainLib.targets import Target
@@ -75,7 +76,7 @@ def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "grad
     params = {"internal_batch_size": chunk, **explainer_params(method, seed, method_params)}
     explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **params)
     stage.report(0.3, "explaining the unperturbed case")
-    saliency = explainer.attribute(case.inputs, resolved.fn, stage.sub(0.3, 1.0))[0, 0]
+    saliency = explain_inputs(model, explainer, case.inputs, resolved, stage.sub(0.3, 1.0))[0]
     stats = image_stats(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)))
     return Reference(image=image, stats=stats, case=case, probabilities=probabilities[0], target=resolved,
                      explainer=explainer, method=method, saliency=saliency.detach(),
@@ -97,8 +98,18 @@ def run_batched(model: LoadedModel, reference: Reference, inputs: torch.Tensor,
         probabilities = predict_probabilities(model, inputs)
     if not explain:
         return probabilities, None
-    maps = (explainer or reference.explainer).attribute(inputs, reference.target.fn)[:, 0]
+    maps = explain_inputs(model, explainer or reference.explainer, inputs, reference.target)
     return probabilities, maps.detach()
+
+
+def explain_inputs(model: LoadedModel, explainer: Explainer, inputs: torch.Tensor, target: Target,
+                   stage: Optional[Stage] = None) -> torch.Tensor:
+    """Maps ``[B, *spatial]`` of a batch: in one call, or case by case and window by window for a model
+    predicted in sliding windows (:func:`XAIExplainLib.pipeline.attribute_case`)."""
+    if not uses_sliding_window(model, inputs):
+        return explainer.attribute(inputs, target.fn, stage)[:, 0]
+    return torch.cat([attribute_case(model, explainer, inputs[i:i + 1], target, stage)[0][:, 0]
+                      for i in range(inputs.shape[0])])
 
 
 def target_probability(reference: Reference, probabilities: torch.Tensor) -> torch.Tensor:

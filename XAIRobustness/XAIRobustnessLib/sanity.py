@@ -29,7 +29,7 @@ from XAIExplainLib.models import LoadedModel
 from XAIExplainLib.pipeline import explainer_params
 from XAIExplainLib.progress import CancelToken, ProgressCallback, Stage
 
-from .reference import Reference, explain_reference
+from .reference import Reference, explain_inputs, explain_reference
 from .similarity import spearman, ssim, top_k_iou
 
 __all__ = ["PASS_SPEARMAN", "SanityResult", "randomisation_blocks", "sanity_check", "sanity_checks"]
@@ -115,7 +115,7 @@ def sanity_check(
     network = _copy(model.network)
     params = {"internal_batch_size": reference.chunk, **explainer_params(method, seed, method_params)}
     build = explainer_factory or (lambda net: make_explainer(method, net, model.spec.cam_target_layer, **params))
-    original = _explain(build(model.network), reference)
+    original = _explain(model, build(model.network), reference)
     blocks = randomisation_blocks(network, max_steps)
     steps = [_step(0, "original", [], original, original, reference)]
     maps = [original]
@@ -126,7 +126,7 @@ def sanity_check(
             stage.sub(0.1, 1.0).report((index - 1) / len(blocks), f"randomising {block[0]} …")
             for name in block:
                 _reinitialise(modules[name])
-            randomised = _explain(build(network), reference)
+            randomised = _explain(model, build(network), reference)
             maps.append(randomised)
             steps.append(_step(index, _block_label(block), block, original, randomised, reference))
     stage.report(1.0, "done")
@@ -165,8 +165,8 @@ def _copy(network: torch.nn.Module) -> torch.nn.Module:
         raise XAIModelError(f"The network cannot be copied for the randomisation check ({error}).") from None
 
 
-def _explain(explainer: Explainer, reference: Reference) -> torch.Tensor:
-    return explainer.attribute(reference.case.inputs, reference.target.fn)[0, 0].detach()
+def _explain(model: LoadedModel, explainer: Explainer, reference: Reference) -> torch.Tensor:
+    return explain_inputs(model, explainer, reference.case.inputs, reference.target)[0].detach()
 
 
 def _step(index: int, label: str, block: list[str], original: torch.Tensor, randomised: torch.Tensor,
