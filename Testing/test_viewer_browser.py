@@ -173,3 +173,48 @@ def test_per_student_mode_keeps_sessions_apart():
         time.sleep(2.0)
         assert not second.is_visible("#result-card"), "one student's result appeared in another's viewer"
         assert heat_mask(views_pixels(second)).sum() == 0
+
+
+def test_a_segmentation_models_structures_can_be_picked_and_explained(tmp_path):
+    """A model that finds several structures (a BraTS-like bundle: three sigmoid labels) gets the
+    *Explained structure* picker after Run, largest first with volumes; picking another explains it."""
+    import SimpleITK as sitk
+    from conftest import make_image
+    from zoo_bundles import BRATS_LIKE, write_zoo_bundle
+
+    bundle = write_zoo_bundle(tmp_path / "brats_mri_segmentation", BRATS_LIKE)
+    case = tmp_path / "mr.nii.gz"
+    sitk.WriteImage(make_image(size=(40, 36, 30), spacing=(1.0, 1.0, 1.0), blob_index=(20, 18, 15)), str(case))
+    with viewer_process([str(case), "--model", str(bundle), "--port", str(free_port())]) as (url, _):
+        with browser() as instance:
+            page = open_page(instance, url)
+            _run(page)
+            picker = page.locator("#structure-select")
+            picker.wait_for(state="visible", timeout=30_000)
+            first = _selected(page, "structure-select")
+            assert " ml)" in first, first
+            picker.click(force=True)
+            options = page.get_by_role("option")
+            titles = [options.nth(i).inner_text().strip() for i in range(options.count())]
+            assert len(titles) >= 2 and all(t.endswith(" ml)") for t in titles), titles
+            volumes = [float(t.rsplit("(", 1)[1].split(" ")[0]) for t in titles]
+            assert volumes == sorted(volumes, reverse=True)  # largest first
+            other = next(t for t in titles if t.split(" (")[0] not in first)
+            before = views_pixels(page)
+            page.get_by_role("option", name=other, exact=True).click()
+            deadline = time.time() + 120
+            while time.time() < deadline:  # the other structure's map replaces the first one's in the views
+                time.sleep(1.0)
+                if page.locator("#cancel").count() == 0 and np.abs(views_pixels(page).astype(int) - before).max() > 40:
+                    break
+            else:
+                pytest.fail("the views did not change after another structure was picked")
+            assert _selected(page, "structure-select").startswith(other.split(" (")[0])
+            assert f"Main evidence for {other.split(' (')[0]} (" in page.inner_text("#summary")
+            _shot(page, "structure-picker")
+
+
+def _selected(page, select_id: str) -> str:
+    """What a vuetify select shows as chosen (its field's text without the label)."""
+    text = page.evaluate(f"() => document.querySelector('#{select_id}').closest('.v-select').innerText")
+    return text.strip().splitlines()[-1].strip()

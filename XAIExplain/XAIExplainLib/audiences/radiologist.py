@@ -14,8 +14,11 @@ def write_radiologist(facts: CaseFacts) -> Writeup:
     """The radiologist's summary of ``facts``."""
     main = facts.main
     region = main.region
+    # A structure other than the predicted one was explained (a pick in the viewer, --target): say which.
+    explained = facts.provenance.get("target", {}).get("class_name")
+    about = f" for {explained}" if explained and explained != facts.prediction.get("predicted_label") else ""
     evidence = [
-        f"Main evidence ({main.title}, top {region.top_percent:g} % of the map): peak at {format_ras(region.peak_ras_mm)}, "
+        f"Main evidence{about} ({main.title}, top {region.top_percent:g} % of the map): peak at {format_ras(region.peak_ras_mm)}, "
         f"axial slice {region.slice_number} of {region.slice_count}; the region around the peak measures "
         f"{region.region_ml:.1f} mL" + (f" ({region.region_count} separate regions in the top {region.top_percent:g} %)."
                                        if region.region_count > 1 else ".")
