@@ -176,7 +176,8 @@ def test_a_network_that_cannot_be_built_on_meta_is_built_within_its_weights(tmp_
         load_model(bundle)
 
 
-def test_a_multi_channel_model_takes_one_volume_per_channel(tmp_path):
+def _two_channel_case(tmp_path):
+    """A BraTS-like bundle taking T1c and FLAIR, and the two volumes written to ``tmp_path``."""
     network = {**BRATS_LIKE["network_def"], "in_channels": 2}
     bundle = write_zoo_bundle(tmp_path / "brats", BRATS_LIKE, network_def=network)
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
@@ -187,6 +188,11 @@ def test_a_multi_channel_model_takes_one_volume_per_channel(tmp_path):
     flair = make_image(size=(30, 28, 24), spacing=(1.3, 1.3, 1.9), origin=(0.5, -0.5, 0.2), seed=3)
     for name, image in (("t1c", t1c), ("flair", flair)):
         sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+    return bundle, t1c, flair
+
+
+def test_a_multi_channel_model_takes_one_volume_per_channel(tmp_path):
+    bundle, t1c, _flair = _two_channel_case(tmp_path)
     done = _cli("explain", str(tmp_path / "t1c.nii.gz"), str(tmp_path / "flair.nii.gz"), "--model", str(bundle),
                 "--method", "gradient", "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
@@ -240,3 +246,32 @@ def test_robustness_checks_explain_a_sliding_window_model_window_by_window(splee
     windowed, info = attribute_case(model, reference.explainer, reference.case.inputs, reference.target)
     assert info is not None and torch.allclose(reference.saliency, windowed[0, 0])
     assert sanity_check(image, model, "gradient", max_steps=2).steps
+
+
+def test_robustness_checks_take_every_channel(tmp_path):
+    """The sweep perturbs every input volume alike; faithfulness deletes a voxel from every channel at once."""
+    import torch
+
+    from XAIRobustnessLib.faithfulness import faithfulness_test
+    from XAIRobustnessLib.perturbations import get_perturbation
+    from XAIRobustnessLib.reference import explain_reference
+
+    bundle, t1c, flair = _two_channel_case(tmp_path)
+    model = load_model(bundle)
+    reference = explain_reference(t1c, model, "gradient", other_channels=[flair])
+    noise = get_perturbation("gaussian-noise", model.spec.modality)
+    perturbed = reference.perturbed_inputs(model, noise, 3, seed=0)
+    assert perturbed.shape == reference.case.inputs.shape
+    changed = (perturbed - reference.case.inputs).abs().flatten(2).amax(dim=2)[0]
+    assert bool((changed > 0).all())  # both channels got the noise
+    result = faithfulness_test(t1c, model, "gradient", steps=4, n_random=1, reference=reference)
+    assert len(result.deletion) == 5 and result.deletion[-1] != result.deletion[0]
+    done = _cli("robustness", str(tmp_path / "t1c.nii.gz"), str(tmp_path / "flair.nii.gz"), "--model", str(bundle),
+                "--perturbations", "gaussian-noise", "--severities", "2", "--method", "gradient",
+                "--out", str(tmp_path / "sweep"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "sweep" / "robustness.json").read_text(encoding="utf-8"))
+    assert len(report["inputs"]) == 2
+    one = _cli("robustness", str(tmp_path / "t1c.nii.gz"), "--model", str(bundle), "--out", str(tmp_path / "one"))
+    assert one.returncode == 2 and "one per channel in this order: T1c, FLAIR; 1 given" in one.stderr
+    assert torch.isfinite(reference.saliency).all()

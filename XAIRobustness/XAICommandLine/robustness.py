@@ -72,7 +72,8 @@ def add_robustness_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder")
+    parser.add_argument("input", nargs="+", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder; for a "
+                                                 "multi-channel model one per channel, in the card's channel order")
     parser.add_argument("--model", required=True, help="bundled model name, bundle folder or TorchScript file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trust-bundle", action="store_true",
@@ -106,9 +107,13 @@ def _load(args: argparse.Namespace):
     from XAIExplainLib.models import load_model
 
     out = check_output_location(args.out)
-    image = read_image(args.input)
+    image, *others = [read_image(path) for path in args.input]
     model = load_model(args.model, trust_bundle=args.trust_bundle)
-    return out, image, model
+    return out, image, others, model
+
+
+def _absolute(paths: Sequence[str]) -> list[str]:
+    return [str(Path(path).absolute()) for path in paths]
 
 
 def _run(work: Callable):
@@ -139,12 +144,12 @@ def _robustness(args: argparse.Namespace) -> int:
     from XAIRobustnessLib.plots import plot_sweep
     from XAIRobustnessLib.sweep import robustness_sweep
 
-    out, image, model = _load(args)
+    out, image, others, model = _load(args)
     sweep = _run(lambda printer: robustness_sweep(
         image, model, perturbations=args.perturbations, severities=args.severities, method=args.method,
-        seed=args.seed, memory_budget_mb=args.memory_budget_mb, progress=printer))
-    title = f"{Path(args.input).name} · {model.model_id}"
-    report = {"input": str(Path(args.input).absolute()), **sweep.to_json()}
+        seed=args.seed, memory_budget_mb=args.memory_budget_mb, progress=printer, other_channels=others))
+    title = f"{Path(args.input[0]).name} · {model.model_id}"
+    report = {"input": str(Path(args.input[0]).absolute()), "inputs": _absolute(args.input), **sweep.to_json()}
     _write(out, "robustness", report, sweep.rows, lambda path: plot_sweep(sweep, path, title))
     for one in sweep.sweeps.values():
         print(("  " if one.summary["trustworthy_in_plausible_range"] else "! ") + one.summary["verdict"])
@@ -159,16 +164,17 @@ def _sanity(args: argparse.Namespace) -> int:
 
     if args.max_steps < 1:
         raise XAIInputError("--max-steps must be at least 1.")
-    out, image, model = _load(args)
+    out, image, others, model = _load(args)
     results = _run(lambda printer: sanity_checks(image, model, args.method, seed=args.seed,
-                                                 max_steps=args.max_steps, progress=printer))
-    report = {"input": str(Path(args.input).absolute()), "model": model.describe(), "seed": args.seed,
+                                                 max_steps=args.max_steps, progress=printer,
+                                                 other_channels=others))
+    report = {"input": str(Path(args.input[0]).absolute()), "inputs": _absolute(args.input), "model": model.describe(), "seed": args.seed,
               "sanity": {"passed": all(r.passed for r in results.values()),
                          "spearman": max(r.final_spearman for r in results.values()),
                          "methods": {key: result.to_json() for key, result in results.items()}}}
     rows = [{"method": key, **{k: v for k, v in step.items() if k != "modules"}}
             for key, result in results.items() for step in result.steps]
-    title = f"Randomisation check — {Path(args.input).name} · {model.model_id}"
+    title = f"Randomisation check — {Path(args.input[0]).name} · {model.model_id}"
     _write(out, "sanity", report, rows, lambda path: plot_sanity(results, path, title))
     for result in results.values():
         print(result.verdict)
@@ -179,13 +185,14 @@ def _faithfulness(args: argparse.Namespace) -> int:
     from XAIRobustnessLib.faithfulness import faithfulness_test
     from XAIRobustnessLib.plots import plot_faithfulness
 
-    out, image, model = _load(args)
+    out, image, others, model = _load(args)
     result = _run(lambda printer: faithfulness_test(image, model, args.method, steps=args.steps, n_random=args.random,
-                                                    blur_mm=args.blur_mm, seed=args.seed, progress=printer))
-    report = {"input": str(Path(args.input).absolute()), "model": model.describe(), **result.to_json()}
+                                                    blur_mm=args.blur_mm, seed=args.seed, progress=printer,
+                                                    other_channels=others))
+    report = {"input": str(Path(args.input[0]).absolute()), "inputs": _absolute(args.input), "model": model.describe(), **result.to_json()}
     columns = result.curve_columns()
     rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    title = f"Faithfulness — {Path(args.input).name} · {model.model_id}"
+    title = f"Faithfulness — {Path(args.input[0]).name} · {model.model_id}"
     _write(out, "faithfulness", report, rows, lambda path: plot_faithfulness(result, path, title))
     print(result.verdict)
     return 0

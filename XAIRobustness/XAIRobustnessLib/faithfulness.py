@@ -18,7 +18,7 @@ whichever is larger — a tie with chance is not faithfulness. All curves go thr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -126,17 +126,19 @@ def faithfulness_test(
     reference: Optional[Reference] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    other_channels: Sequence[sitk.Image] = (),
 ) -> FaithfulnessResult:
-    """Deletion and insertion curves of ``method`` (or of a given model-grid ``saliency``) on ``image``."""
+    """Deletion and insertion curves of ``method`` (or of a given model-grid ``saliency``) on ``image`` (and a
+    multi-channel model's ``other_channels``: voxels are deleted and inserted in every channel together)."""
     if steps < 2 or n_random < 1 or blur_mm <= 0:
         raise XAIInputError("Faithfulness needs at least 2 steps, 1 random ordering and a positive blur.")
     stage = Stage(progress, cancel)
     reference = reference or explain_reference(image, model, method, seed, method_params, memory_budget_mb,
-                                               stage.sub(0.0, 0.1))
+                                               stage.sub(0.0, 0.1), other_channels=other_channels)
     attribution = (saliency if saliency is not None else reference.saliency).detach().cpu().numpy()
-    inputs = reference.case.inputs[0, 0]
+    inputs = reference.case.inputs[0]  # [C, *spatial]: a voxel is removed from every channel at once
     spacing = np.asarray(reference.case.grid.GetSpacing(), dtype=float)  # model grid (x, y, z) = array order
-    fill = torch.from_numpy(ndimage.gaussian_filter(inputs.numpy(), blur_mm / spacing, mode="nearest"))
+    fill = torch.from_numpy(ndimage.gaussian_filter(inputs.numpy(), [0.0, *(blur_mm / spacing)], mode="nearest"))
     voxels = np.flatnonzero(reference.anatomy.numpy().ravel())
     rng = np.random.default_rng(seed)
     orders = [voxels[ordering(attribution.ravel()[voxels], rng)]]
@@ -182,16 +184,17 @@ def faithfulness_test(
 
 def _curve(model: LoadedModel, reference: Reference, start: torch.Tensor, end: torch.Tensor, order: np.ndarray,
            counts: np.ndarray) -> np.ndarray:
-    """Score while the voxels ``order[:count]`` of ``start`` take ``end``'s values, for each count."""
-    flat_start, flat_end = start.reshape(-1), end.reshape(-1)
+    """Score while the voxels ``order[:count]`` of ``start`` (``[C, *spatial]``) take ``end``'s values in every
+    channel, for each count."""
+    flat_start, flat_end = start.reshape(start.shape[0], -1), end.reshape(end.shape[0], -1)
     index = torch.from_numpy(order)
     scores = []
     for first in range(0, len(counts), reference.chunk):
         batch = []
         for count in counts[first:first + reference.chunk]:
             current = flat_start.clone()
-            current[index[:count]] = flat_end[index[:count]]
+            current[:, index[:count]] = flat_end[:, index[:count]]
             batch.append(current.reshape(start.shape))
-        probabilities, _ = run_batched(model, reference, torch.stack(batch)[:, None], explain=False)
+        probabilities, _ = run_batched(model, reference, torch.stack(batch), explain=False)
         scores.append(target_probability(reference, probabilities))
     return torch.cat(scores).numpy().astype(float)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,6 +47,16 @@ class Reference:
     saliency: torch.Tensor  # [*spatial]
     anatomy: torch.Tensor  # bool [*spatial]: where maps are compared and voxels deleted / inserted
     chunk: int  # cases per batched forward / backward pass
+    #: A multi-channel model's other input volumes (card order) and their intensity landmarks.
+    others: tuple[sitk.Image, ...] = ()
+    other_stats: tuple[ImageStats, ...] = ()
+
+    def perturbed_inputs(self, model: LoadedModel, perturbation, severity: float, seed: int) -> torch.Tensor:
+        """The network input of the case perturbed at ``severity``: the same perturbation, with the same draw,
+        applied to every input volume of a multi-channel model."""
+        image = perturbation(self.image, severity, seed, self.stats)
+        others = [perturbation(other, severity, seed, stats) for other, stats in zip(self.others, self.other_stats)]
+        return prepare_case(image, model, others).inputs
 
     @property
     def is_segmentation(self) -> bool:
@@ -58,9 +68,10 @@ class Reference:
 
 def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "gradcam", seed: int = 0,
                       method_params: Optional[dict[str, Any]] = None, memory_budget_mb: float = 2048,
-                      stage: Optional[Stage] = None, target: Optional[int | str] = None) -> Reference:
-    """Prepare, predict and explain the unperturbed ``image`` (same seed, same result); ``target`` as in
-    :func:`~XAIExplainLib.pipeline.explain_image` (default: the predicted class)."""
+                      stage: Optional[Stage] = None, target: Optional[int | str] = None,
+                      other_channels: Sequence[sitk.Image] = ()) -> Reference:
+    """Prepare, predict and explain the unperturbed ``image`` (same seed, same result); ``target`` and
+    ``other_channels`` as in :func:`~XAIExplainLib.pipeline.explain_image` (default: the predicted class)."""
     if method not in EXPLAINERS:
         raise XAIInputError(f"Unknown explanation method '{method}'; choose one of {', '.join(EXPLAINERS)}.")
     if memory_budget_mb <= 0:
@@ -68,7 +79,7 @@ def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "grad
     stage = stage or Stage(None, None)
     torch.manual_seed(seed)
     stage.report(0.0, "preparing the image")
-    case = prepare_case(image, model)
+    case = prepare_case(image, model, other_channels)
     chunk = batch_size_for(model.network, case.inputs, memory_budget_mb)
     with torch.no_grad():
         probabilities = predict_probabilities(model, case.inputs)
@@ -77,10 +88,12 @@ def explain_reference(image: sitk.Image, model: LoadedModel, method: str = "grad
     explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **params)
     stage.report(0.3, "explaining the unperturbed case")
     saliency = explain_inputs(model, explainer, case.inputs, resolved, stage.sub(0.3, 1.0))[0]
-    stats = image_stats(sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)))
+    stats, *other_stats = [image_stats(sitk.GetArrayFromImage(sitk.Cast(volume, sitk.sitkFloat32)))
+                           for volume in (image, *other_channels)]
     return Reference(image=image, stats=stats, case=case, probabilities=probabilities[0], target=resolved,
                      explainer=explainer, method=method, saliency=saliency.detach(),
-                     anatomy=_anatomy_on_grid(image, stats, case.grid), chunk=chunk)
+                     anatomy=_anatomy_on_grid(image, stats, case.grid), chunk=chunk, others=tuple(other_channels),
+                     other_stats=tuple(other_stats))
 
 
 def _anatomy_on_grid(image: sitk.Image, stats: ImageStats, grid: sitk.Image) -> torch.Tensor:

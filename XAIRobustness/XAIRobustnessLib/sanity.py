@@ -104,6 +104,7 @@ def sanity_check(
     reference: Optional[Reference] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    other_channels: Sequence[sitk.Image] = (),
 ) -> SanityResult:
     """Cascading randomisation of ``model`` for ``method`` on ``image``.
 
@@ -111,7 +112,8 @@ def sanity_check(
     pose an image-only map as an explanation). Same ``seed``, same randomised weights.
     """
     stage = Stage(progress, cancel)
-    reference = reference or explain_reference(image, model, method, seed, method_params, stage=stage.sub(0.0, 0.1))
+    reference = reference or explain_reference(image, model, method, seed, method_params, stage=stage.sub(0.0, 0.1),
+                                               other_channels=other_channels)
     network = _copy(model.network)
     params = {"internal_batch_size": reference.chunk, **explainer_params(method, seed, method_params)}
     build = explainer_factory or (lambda net: make_explainer(method, net, model.spec.cam_target_layer, **params))
@@ -141,8 +143,8 @@ def sanity_check(
 
 
 def sanity_checks(image: sitk.Image, model: LoadedModel, methods: Sequence[str], seed: int = 0, max_steps: int = 8,
-                  progress: Optional[ProgressCallback] = None,
-                  cancel: Optional[CancelToken] = None) -> dict[str, SanityResult]:
+                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                  other_channels: Sequence[sitk.Image] = ()) -> dict[str, SanityResult]:
     """:func:`sanity_check` for several methods, one after the other."""
     if not methods:
         raise XAIInputError("Name at least one explanation method to check.")
@@ -150,7 +152,8 @@ def sanity_checks(image: sitk.Image, model: LoadedModel, methods: Sequence[str],
     results = {}
     for i, method in enumerate(methods):
         sub = stage.sub(i / len(methods), (i + 1) / len(methods))
-        results[method] = sanity_check(image, model, method, seed, max_steps, progress=_relay(sub), cancel=cancel)
+        results[method] = sanity_check(image, model, method, seed, max_steps, progress=_relay(sub), cancel=cancel,
+                                       other_channels=other_channels)
     return results
 
 

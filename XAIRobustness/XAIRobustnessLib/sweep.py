@@ -37,7 +37,6 @@ from XAIExplainLib.pipeline import (
     describe_prediction,
     build_provenance,
     map_statistics,
-    prepare_case,
 )
 from XAIExplainLib.progress import CancelToken, ProgressCallback, Stage
 
@@ -138,11 +137,13 @@ def robustness_sweep(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
     reference: Optional[Reference] = None,
+    other_channels: Sequence[sitk.Image] = (),
 ) -> RobustnessSweep:
     """Sweep ``perturbations`` (default: the model modality's 8) over ``severities`` (0..5; 0 is always added).
 
     ``reference``: the unperturbed case already explained with ``method`` (:func:`.explain_reference`),
-    when the caller has it. Same ``seed``, same sweep.
+    when the caller has it. ``other_channels``: a multi-channel model's other volumes, each perturbed as the
+    first. Same ``seed``, same sweep.
     """
     modality = model.spec.modality
     keys = list(dict.fromkeys(perturbations)) if perturbations else list(default_perturbations(modality))
@@ -151,7 +152,8 @@ def robustness_sweep(
     stage = Stage(progress, cancel)
     clock = time.perf_counter()
     if reference is None:
-        reference = explain_reference(image, model, method, seed, method_params, memory_budget_mb, stage.sub(0.0, 0.05))
+        reference = explain_reference(image, model, method, seed, method_params, memory_budget_mb, stage.sub(0.0, 0.05),
+                                      other_channels=other_channels)
     timings = {"reference": time.perf_counter() - clock}
 
     jobs = [(p, s) for p in catalogue for s in levels if s > 0]
@@ -164,8 +166,7 @@ def robustness_sweep(
         inputs = []
         for i, (perturbation, severity) in enumerate(chunk):
             work.report((start + i) / max(len(jobs), 1), f"{perturbation.title}, severity {severity:g}")
-            perturbed = perturbation(image, severity, seed, reference.stats)
-            inputs.append(prepare_case(perturbed, model).inputs)
+            inputs.append(reference.perturbed_inputs(model, perturbation, severity, seed))
         perturb_s += time.perf_counter() - clock
         clock = time.perf_counter()
         work.report((start + len(chunk) - 0.5) / max(len(jobs), 1), f"model and explanation, {len(chunk)} cases")
