@@ -66,3 +66,16 @@ def importModule(monkeypatch, name: str, folders):
     for moduleName in ("XAIExplain", "XAIRobustness"):
         monkeypatch.delitem(sys.modules, moduleName, raising=False)
     return importlib.import_module(name)
+
+
+def explainParameters(module, inputVolume, model: str, method: str = "GRADCAM", **changes):
+    """XAI Explain's parameter node as the Logic reads it (a plain namespace), for ``model`` on ``inputVolume``."""
+    import types
+
+    values = dict(inputVolume=inputVolume, model=model, trustModel=False, clinicalTask="", target="", samples=2,
+                  audience=module.Audience.RADIOLOGIST, method=getattr(module.ExplanationMethod, method),
+                  uncertaintyMethod=module.UncertaintyMethod.NONE, opacity=0.5, threshold=0.2,
+                  outputSaliency=None, outputUncertainty=None, channel2Volume=None, channel3Volume=None,
+                  channel4Volume=None)
+    values.update(changes)
+    return types.SimpleNamespace(**values)

@@ -18,7 +18,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from slicer_standins import importModule  # noqa: E402
+from slicer_standins import explainParameters, importModule  # noqa: E402
 from XAIExplainLib.background import ProcessJob, ThreadJob  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,12 +110,7 @@ def test_the_slicer_logic_explains_a_zoo_bundle(explainModule, tmp_path):
     assert logic.clinicalTasks(bundle)[0][0] == "ct-structure-segmentation"
     scene = slicer.vtkMRMLScene()
     inputNode = mrml.imageToVolumeNode(scene, make_image(size=(40, 36, 30), spacing=(1.2, 1.2, 2.0)), "ct")
-    parameters = types.SimpleNamespace(
-        inputVolume=inputNode, model=bundle, trustModel=False, clinicalTask="", target="", samples=2,
-        audience=explainModule.Audience.RADIOLOGIST, method=explainModule.ExplanationMethod.GRADCAM,
-        uncertaintyMethod=explainModule.UncertaintyMethod.NONE, opacity=0.5, threshold=0.2,
-        outputSaliency=None, outputUncertainty=None)
-    nodes = logic.explain(parameters)
+    nodes = logic.explain(explainParameters(explainModule, inputNode, bundle))
     assert nodes.saliency.GetImageData().GetDimensions() == inputNode.GetImageData().GetDimensions()
     assert nodes.segmentation is not None
     # The target picker after the run: one structure predicted at most, so nothing listed twice or first.
@@ -142,11 +137,7 @@ def test_the_slicer_logic_takes_one_volume_per_channel(explainModule, tmp_path):
     logic = explainModule.XAIExplainLogic()
     scene = slicer.vtkMRMLScene()
     t1c = mrml.imageToVolumeNode(scene, make_image(size=(36, 32, 30), spacing=(1.0, 1.0, 1.5)), "t1c")
-    parameters = types.SimpleNamespace(
-        inputVolume=t1c, model=str(bundle), trustModel=False, clinicalTask="", target="", samples=2,
-        audience=explainModule.Audience.RADIOLOGIST, method=explainModule.ExplanationMethod.GRADIENT,
-        uncertaintyMethod=explainModule.UncertaintyMethod.NONE, opacity=0.5, threshold=0.2,
-        outputSaliency=None, outputUncertainty=None, channel2Volume=None, channel3Volume=None, channel4Volume=None)
+    parameters = explainParameters(explainModule, t1c, str(bundle), method="GRADIENT")
     assert logic.modelChannelNames(str(bundle)) == ["T1c", "FLAIR"]
     assert logic.missingChannels(parameters) == ["FLAIR"]
     with pytest.raises(ValueError, match="every input channel: FLAIR"):

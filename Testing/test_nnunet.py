@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +138,7 @@ def test_the_viewer_explains_it(nnunet, tmp_path):
 
 def test_the_slicer_logic_explains_it(nnunet, monkeypatch):
     slicer = pytest.importorskip("slicer")
-    from slicer_standins import importModule
+    from slicer_standins import explainParameters, importModule
     from XAIExplainLib import mrml
 
     module = importModule(monkeypatch, "XAIExplain", [Path(__file__).resolve().parents[1] / "XAIExplain"])
@@ -148,12 +147,7 @@ def test_the_slicer_logic_explains_it(nnunet, monkeypatch):
         assert logic.modelClassNames(str(nnunet)) == ["background", "blob"]
         scene = slicer.vtkMRMLScene()
         inputNode = mrml.imageToVolumeNode(scene, _case(), "ct")
-        parameters = types.SimpleNamespace(
-            inputVolume=inputNode, model=str(nnunet), trustModel=False, clinicalTask="", target="", samples=2,
-            audience=module.Audience.RADIOLOGIST, method=module.ExplanationMethod.GRADCAM,
-            uncertaintyMethod=module.UncertaintyMethod.NONE, opacity=0.5, threshold=0.2,
-            outputSaliency=None, outputUncertainty=None)
-        nodes = logic.explain(parameters)
+        nodes = logic.explain(explainParameters(module, inputNode, str(nnunet)))
         assert nodes.saliency.GetImageData().GetDimensions() == inputNode.GetImageData().GetDimensions()
         assert nodes.segmentation is not None
     finally:
