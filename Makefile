@@ -12,9 +12,12 @@ PORT   ?= 8080
 
 venv: $(STAMP)
 
-# nnU-Net v2 without its own dependency list: dynamic-network-architectures asks for timm (and so torchvision) for
-# transformer architectures nnU-Net does not plan by default; what nnU-Net needs is the extra "nnunet".
-NNUNET := nnunetv2==2.8.1 dynamic-network-architectures==0.4.4
+# nnU-Net v2 and its own libraries without their dependency lists: dynamic-network-architectures asks for timm (and
+# so a torchvision that does not match this torch) for transformer architectures nnU-Net does not plan by default,
+# and batchgenerators for unittest2, whose PyPI "argparse" 1.4 would shadow the standard library's where
+# site-packages come first (Slicer's python -S). What they need is the extra "nnunet".
+NNUNET := nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 acvl-utils==0.2.6 batchgenerators==0.25.5 \
+	batchgeneratorsv2==0.3.6
 
 # torch is installed first and pinned: a dependency that asked for plain `torch` would otherwise
 # pull a multi-GB CUDA build. Re-run whenever pyproject.toml changes.

@@ -91,7 +91,8 @@ def build_nnunet_results(folder: Path) -> Path:
     env = {**os.environ, "nnUNet_raw": str(folder / "raw"), "nnUNet_preprocessed": str(folder / "preprocessed"),
            "nnUNet_results": str(folder / "results"), "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1",
            "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-c", _TRAIN, str(DATASET_ID)], env=env, cwd=folder, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", _TRAIN, str(DATASET_ID)], env=env, cwd=folder, capture_output=True,
+                          encoding="utf-8", errors="replace",  # nnU-Net's progress bars, whatever the locale
                           timeout=1200)
     if done.returncode != 0:
         raise RuntimeError(f"nnU-Net training failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

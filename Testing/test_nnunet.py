@@ -70,7 +70,7 @@ def test_the_command_line_explains_it_without_trust(nnunet, tmp_path):
     sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
     done = subprocess.run([sys.executable, "-m", "XAICommandLine", "explain", str(tmp_path / "ct.nii.gz"), "--model",
                            str(nnunet), "--method", "gradcam", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
     for name in ("saliency", "segmentation"):
