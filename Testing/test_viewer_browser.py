@@ -193,6 +193,8 @@ def test_a_segmentation_models_structures_can_be_picked_and_explained(tmp_path):
             picker.wait_for(state="visible", timeout=30_000)
             first = _selected(page, "structure-select")
             assert " ml)" in first, first
+            # By default the structure explained is the one the headline names as segmented.
+            assert page.inner_text("#prediction").startswith(first.split(" (")[0] + " segmented")
             picker.click(force=True)
             options = page.get_by_role("option")
             titles = [options.nth(i).inner_text().strip() for i in range(options.count())]
@@ -218,3 +220,27 @@ def _selected(page, select_id: str) -> str:
     """What a vuetify select shows as chosen (its field's text without the label)."""
     text = page.evaluate(f"() => document.querySelector('#{select_id}').closest('.v-select').innerText")
     return text.strip().splitlines()[-1].strip()
+
+
+def test_a_multi_channel_model_gets_one_upload_per_further_volume(tmp_path):
+    """A model taking T1c and FLAIR: the panel asks for the FLAIR beside the case, Run names it while it is
+    missing, and explains once it is uploaded."""
+    from test_zoo_bundles import _two_channel_case
+
+    bundle, _t1c, _flair = _two_channel_case(tmp_path)
+    with viewer_process([str(tmp_path / "t1c.nii.gz"), "--model", str(bundle), "--port", str(free_port())]) as (url, _):
+        with browser() as instance:
+            page = open_page(instance, url)
+            page.wait_for_selector("#channel-upload-2", state="visible", timeout=30_000)
+            assert "Input 2: FLAIR" in page.evaluate(
+                "() => document.querySelector('#channel-upload-2').closest('.v-input').innerText")
+            assert page.locator("#channel-upload-3").is_hidden()  # two volumes: one more field only
+            page.click("#run")
+            page.wait_for_selector("#error", state="visible", timeout=60_000)
+            assert "upload FLAIR (input 2) as well" in page.inner_text("#error")
+            page.set_input_files("#channel-upload-2", str(tmp_path / "flair.nii.gz"))
+            page.wait_for_function(
+                "() => document.querySelector('#channel-status-2').innerText.includes('Loaded: flair')", timeout=60_000)
+            _run(page)
+            assert page.locator("#error").is_hidden()
+            _shot(page, "multi-channel")

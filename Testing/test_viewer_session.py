@@ -213,3 +213,20 @@ def test_the_structure_picker_lists_predicted_structures_largest_first():
     assert structure_choices(result) == []
     result.prediction = {"task": "classification"}
     assert structure_choices(result) == []
+
+
+def test_a_multi_channel_run_takes_the_uploaded_volumes_in_card_order(tmp_path):
+    from test_zoo_bundles import _two_channel_case
+
+    bundle, t1c, flair = _two_channel_case(tmp_path)
+    session = ViewerSession(slicer.vtkMRMLScene())
+    session.load_case(tmp_path / "t1c.nii.gz")
+    settings = RunSettings(model=str(bundle), method="gradient", uncertainty="none", samples=2)
+    with pytest.raises(XAIInputError, match=r"upload FLAIR \(input 2\) as well"):
+        session.compute(session.input_image(), settings)
+    session.set_channel(2, *session.read_upload("flair.nii.gz", (tmp_path / "flair.nii.gz").read_bytes()))
+    result, _facts = session.compute(session.input_image(), settings)
+    assert set(result.explanation["channel_evidence"]["shares"]) == {"T1c", "FLAIR"}
+    assert result.saliency.GetSize() == t1c.GetSize()
+    session.load_case(tmp_path / "t1c.nii.gz")  # a new case has none of its other volumes
+    assert session.channels == {}

@@ -32,6 +32,8 @@ __all__ = ["XAIViewerApp", "DEFAULT_LAYOUT"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_LAYOUT = "Quad View"
+#: Input volumes a model may take in the viewer (BraTS-style models take four MRI sequences), as in Slicer.
+MAX_INPUT_CHANNELS = 4
 _UNCERTAINTY_CHOICES = [
     {"title": "None", "value": "none"},
     {"title": "Test-time augmentation", "value": "tta"},
@@ -72,6 +74,7 @@ class XAIViewerApp:
         self.state.change("audience")(self._show_summary)
         self.state.change("model", "method")(self._forget_checks)
         self.state.change("model")(self._forget_structures)
+        self.state.change("model")(self._show_channel_inputs)
         self.state.change("structure")(self._on_structure)
         self.state.change("task", "method")(self._show_method_hint)
 
@@ -121,6 +124,8 @@ class XAIViewerApp:
             # Segmentation models: the predicted structures the explanation can be about, and the one it is.
             "structures": [],
             "structure": None,
+            # A multi-channel model's inputs after the first: [{"number", "label", "loaded"}], from its card.
+            "channel_inputs": [],
         })
 
     def _guard_state(self) -> None:
@@ -155,6 +160,7 @@ class XAIViewerApp:
     def _on_ready(self, **_: Any) -> None:
         with self.state:
             self.state.task = self._default_task()
+            self._show_channel_inputs(self.state.model)
         cases = {c["name"]: c for c in sample_cases()}
         if self._initial_case:
             self.load_path(self._initial_case, _mask_beside(self._initial_case))
@@ -196,6 +202,35 @@ class XAIViewerApp:
         self._start(lambda _image, progress, cancel: self.session.read_upload(name, content),
                     lambda outcome: self._show_case(self.session.show_image(*outcome)), needs_case=False)
 
+    def on_channel_upload(self, number: Any = None, upload: Any = None) -> None:
+        """Input volume ``number`` (2…) of a multi-channel model, read and checked like the case (worker thread)."""
+        if isinstance(upload, list):
+            upload = upload[0] if upload else None
+        choices = [entry["number"] for entry in self.state.channel_inputs]
+        if number not in choices or not isinstance(upload, dict):
+            with self.state:
+                self.state.error = "The upload did not arrive as a file; choose the file again."
+            return
+        name, content = upload.get("name"), upload.get("content")
+
+        def show(outcome) -> None:
+            image, case_name = outcome
+            self.session.set_channel(number, image, case_name)
+            self._show_channel_inputs(self.state.model)
+
+        self._start(lambda _image, progress, cancel: self.session.read_upload(name, content), show)
+
+    def _show_channel_inputs(self, model: Optional[str] = None, **_: Any) -> None:
+        """One upload field per input volume the model takes after the case, named as its card names them."""
+        try:
+            names = read_model_spec(resolve_model_path(model)).channel_names if model else ()
+        except XAIError:
+            names = ()
+        loaded = self.session.channels
+        self.state.channel_inputs = [
+            {"number": n, "label": f"Input {n}: {names[n - 1]}",
+             "loaded": loaded[n][1] if n in loaded else ""} for n in range(2, min(len(names), MAX_INPUT_CHANNELS) + 1)]
+
     def _show_case(self, node: Any, has_reference: bool = False) -> None:
         self.slicer.display_manager.show_volume(node, do_reset_views=True)
         with self.state:
@@ -209,6 +244,7 @@ class XAIViewerApp:
             self.state.ground_truth_text = ""
             self.state.has_result = False
             self.state.structures, self.state.structure = [], None
+            self._show_channel_inputs(self.state.model)  # a new case has none of its other volumes yet
             if self.session.case_name not in [c["value"] for c in self.state.cases]:
                 self.state.case_name = None
 
@@ -224,8 +260,12 @@ class XAIViewerApp:
         """``robustness``, ``sanity`` or ``faithfulness`` of the current method on the current case."""
         model, method = self.state.model, self.state.method
         work = getattr(self.session.checks, kind)
-        self._start(lambda image, progress, cancel: work(image, self.session.model(model), method, progress, cancel),
-                    lambda outcome: self._show_check(kind, outcome))
+
+        def check(image, progress, cancel):
+            loaded = self.session.model(model)
+            return work(image, loaded, method, progress, cancel, other_channels=self.session.other_channels(loaded))
+
+        self._start(check, lambda outcome: self._show_check(kind, outcome))
 
     def make_report(self) -> None:
         audience = self.state.audience

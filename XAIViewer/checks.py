@@ -10,7 +10,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import SimpleITK as sitk
 
@@ -37,22 +37,23 @@ class TrustChecks:
         self.results.clear()
 
     def robustness(self, image: sitk.Image, model: LoadedModel, method: str, progress: Optional[ProgressCallback],
-                   cancel: Optional[CancelToken]) -> CheckOutcome:
+                   cancel: Optional[CancelToken], other_channels: Sequence[sitk.Image] = ()) -> CheckOutcome:
         from XAIRobustnessLib.plots import plot_sweep
         from XAIRobustnessLib.sweep import robustness_sweep
 
-        sweep = robustness_sweep(image, model, method=method, progress=progress, cancel=cancel)
+        sweep = robustness_sweep(image, model, method=method, progress=progress, cancel=cancel,
+                                 other_channels=other_channels)
         self.results["robustness"] = sweep.to_json()
         lines = [("" if one.summary["trustworthy_in_plausible_range"] else "⚠ ") + one.summary["verdict"]
                  for one in sweep.sweeps.values()]
         return CheckOutcome(_plot(lambda path: plot_sweep(sweep, path, f"Robustness · {model.model_id}")), lines)
 
     def sanity(self, image: sitk.Image, model: LoadedModel, method: str, progress: Optional[ProgressCallback],
-               cancel: Optional[CancelToken]) -> CheckOutcome:
+               cancel: Optional[CancelToken], other_channels: Sequence[sitk.Image] = ()) -> CheckOutcome:
         from XAIRobustnessLib.plots import plot_sanity
         from XAIRobustnessLib.sanity import sanity_checks
 
-        results = sanity_checks(image, model, [method], progress=progress, cancel=cancel)
+        results = sanity_checks(image, model, [method], progress=progress, cancel=cancel, other_channels=other_channels)
         self.results["sanity"] = {"sanity": {"passed": all(r.passed for r in results.values()),
                                              "spearman": max(r.final_spearman for r in results.values()),
                                              "methods": {k: r.to_json() for k, r in results.items()}}}
@@ -60,11 +61,11 @@ class TrustChecks:
         return CheckOutcome(_plot(lambda path: plot_sanity(results, path, f"Randomisation check · {model.model_id}")), lines)
 
     def faithfulness(self, image: sitk.Image, model: LoadedModel, method: str, progress: Optional[ProgressCallback],
-                     cancel: Optional[CancelToken]) -> CheckOutcome:
+                     cancel: Optional[CancelToken], other_channels: Sequence[sitk.Image] = ()) -> CheckOutcome:
         from XAIRobustnessLib.faithfulness import faithfulness_test
         from XAIRobustnessLib.plots import plot_faithfulness
 
-        result = faithfulness_test(image, model, method, progress=progress, cancel=cancel)
+        result = faithfulness_test(image, model, method, progress=progress, cancel=cancel, other_channels=other_channels)
         self.results["faithfulness"] = result.to_json()
         return CheckOutcome(_plot(lambda path: plot_faithfulness(result, path, f"Faithfulness · {model.model_id}")),
                             [result.verdict])

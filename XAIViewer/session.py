@@ -64,6 +64,8 @@ class ViewerSession:
     allowed_models: Optional[set] = None
     #: The one model the person who started the viewer trusts to run its own code (``--trust-bundle``).
     trusted_model: Optional[str] = None
+    #: A multi-channel model's input volumes after the first, by channel number (2, 3, …), with their names.
+    channels: dict = field(default_factory=dict)
     _models: dict = field(default_factory=dict)
 
     # --- case ---
@@ -127,6 +129,7 @@ class ViewerSession:
             mrml.removeResultNode(self.scene, self.input_node)
         self.input_node, self.result, self.nodes, self.facts, self.reference_mask = None, None, None, None, None
         self.settings = None
+        self.channels.clear()
         self.checks.clear()
         self.cache.clear()
 
@@ -140,6 +143,22 @@ class ViewerSession:
             self._models[name] = load_model(name, trust_bundle=name == self.trusted_model)
         return self._models[name]
 
+    def set_channel(self, number: int, image, name: str) -> None:
+        """Input volume ``number`` (2, 3, …) of a multi-channel model for the loaded case (read by
+        :meth:`read_upload`); the first is the case itself. Results of the case are kept until the next run."""
+        if self.input_node is None:
+            raise XAIInputError("Load the case (the model's first input) before its other input volumes.")
+        self.channels[int(number)] = (image, name)
+
+    def other_channels(self, model: LoadedModel) -> list:
+        """The volumes ``model`` takes after the case, in its channel order; one line naming what is missing."""
+        names = model.spec.channel_names
+        missing = [f"{names[n - 1]} (input {n})" for n in range(2, model.spec.num_channels + 1) if n not in self.channels]
+        if missing:
+            raise XAIInputError(f"{model.spec.name} takes {model.spec.num_channels} volumes ({', '.join(names)}); "
+                                f"upload {', '.join(missing)} as well.")
+        return [self.channels[n][0] for n in range(2, model.spec.num_channels + 1)]
+
     def input_image(self):
         if self.input_node is None:
             raise XAIInputError("Load a case first.")
@@ -148,9 +167,11 @@ class ViewerSession:
     def compute(self, image, settings: RunSettings, progress: Optional[ProgressCallback] = None,
                 cancel: Optional[CancelToken] = None) -> tuple[ExplanationResult, Optional[CaseFacts]]:
         """The engine's work and the facts the audience writers word; safe in a worker thread (no MRML)."""
-        result = explain_image(image, self.model(settings.model), method=settings.method, target=settings.target,
+        model = self.model(settings.model)
+        result = explain_image(image, model, method=settings.method, target=settings.target,
                                uncertainty=settings.uncertainty, samples=settings.samples, seed=settings.seed,
-                               progress=progress, cancel=cancel, cache=self.cache)
+                               progress=progress, cancel=cancel, cache=self.cache,
+                               other_channels=self.other_channels(model))
         return result, self.describe(image, result, settings)
 
     def describe(self, image, result: ExplanationResult, settings: RunSettings) -> Optional[CaseFacts]:

@@ -18,9 +18,16 @@ _UPLOAD_GUARD = (
 )
 
 
+def _channel_upload_guard(index: int) -> str:
+    """The size guard of the upload of input volume ``channel_inputs[index]``."""
+    return _UPLOAD_GUARD.replace("trigger('xai_upload', [$event])",
+                                 f"trigger('xai_channel_upload', [channel_inputs[{index}].number, $event])")
+
+
 def build_ui(app: Any) -> SinglePageWithDrawerLayout:
     server = app.server
     server.controller.trigger("xai_upload")(app.on_upload)
+    server.controller.trigger("xai_channel_upload")(app.on_channel_upload)
     with SinglePageWithDrawerLayout(server, theme=("'dark'",)) as layout:
         layout.title.set_text("SlicerXAI — explain the model on this case")
         layout.drawer.width = 380
@@ -68,6 +75,16 @@ def _explain_panel(app: Any) -> None:
                hide_details=True, classes="mb-2", id="task-select")
     v3.VSelect(label="Model", items=("models",), v_model=("model",), density="compact",
                hide_details=True, classes="mb-2", id="model-select")
+    # A multi-channel model's other input volumes (its card's channel order), after the case itself.
+    for index in range(3):
+        with html.Div(v_show=(f"channel_inputs.length > {index}",), classes="mb-2"):
+            v3.VFileInput(
+                label=(f"channel_inputs[{index}] ? channel_inputs[{index}].label : ''",),
+                accept=".nii,.gz,.nrrd,.mha,.zip", density="compact", hide_details=True, prepend_icon="mdi-layers",
+                update_modelValue=_channel_upload_guard(index), id=f"channel-upload-{index + 2}")
+            html.Div(f"{{{{ channel_inputs[{index}] && channel_inputs[{index}].loaded ? 'Loaded: ' + "
+                     f"channel_inputs[{index}].loaded : 'Needed before Run' }}}}",
+                     classes="text-caption text-medium-emphasis ml-10", id=f"channel-status-{index + 2}")
     v3.VSelect(label="Explanation method", items=("methods",), v_model=("method",),
                density="compact", hide_details=True, classes="mb-2", id="method-select")
     html.Div("{{ method_hint }}", v_show=("method_hint",), classes="text-caption text-medium-emphasis mb-2",

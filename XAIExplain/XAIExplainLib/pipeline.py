@@ -409,8 +409,8 @@ def describe_prediction(model: LoadedModel, case: PreparedCase, probabilities: t
     volumes = {name: float((labels == c).sum() * voxel_ml) for c, name in enumerate(names)}
     foreground = labels > 0
     mean_probabilities = probabilities[0].reshape(probabilities.shape[1], -1).mean(dim=1)
-    largest = max(range(1, len(names)), key=lambda c: volumes[names[c]]) if len(names) > 1 else 0
-    predicted = largest if foreground.any() else 0
+    # The structure named as predicted is the one explained by default: one rule for both (model-grid voxels).
+    predicted = largest_predicted_structure(probabilities, multilabel=False) if foreground.any() else 0
     confidence = float(on_input.max(axis=0)[foreground].mean()) if foreground.any() else float(on_input[0].mean())
     return {
         "task": "segmentation",
@@ -436,7 +436,7 @@ def _describe_structures(model: LoadedModel, case: PreparedCase, probabilities: 
     segmentation.CopyInformation(case.image)
     voxel_ml = float(np.prod(case.image.GetSpacing())) / 1000.0
     volumes = {name: float(present[c].sum() * voxel_ml) for c, name in enumerate(names)}
-    predicted = max(range(len(names)), key=lambda c: volumes[names[c]])
+    predicted = largest_predicted_structure(probabilities, multilabel=True)  # the default target's rule
     found = bool(present.any())
     confidence = float(on_input[predicted][present[predicted]].mean()) if present[predicted].any() else \
         float(1.0 - on_input.max(axis=0).mean())
