@@ -43,3 +43,18 @@ def test_a_non_positive_budget_is_refused():
 def test_provenance_records_the_budget_or_the_fixed_batch():
     assert make_explainer("ig", _network()).parameters()["memory_budget_mb"] == 2048
     assert make_explainer("ig", _network(), internal_batch_size=2).parameters()["internal_batch_size"] == 2
+
+
+def test_occlusion_falls_back_to_full_inference_when_its_cache_exceeds_the_budget():
+    """Incremental inference keeps every layer's output of the case: past the budget, full inference runs."""
+    from XAIExplainLib.targets import region_logit_sum
+
+    network, image = _network(), torch.randn(1, 1, 16, 16, 16)
+    target = region_logit_sum(1, torch.ones(16, 16, 16))
+    cache_mb = activation_bytes(network, image) / 2**20
+    tight = make_explainer("occlusion", network, memory_budget_mb=cache_mb / 2, window=8, mode="exact")
+    roomy = make_explainer("occlusion", network, memory_budget_mb=cache_mb * 4, window=8, mode="exact")
+    small, large = tight.attribute(image, target), roomy.attribute(image, target)
+    assert tight.inference.startswith("full") and "exceeds the" in tight.inference
+    assert roomy.inference.startswith("incremental")
+    assert torch.allclose(small, large, atol=1e-4)

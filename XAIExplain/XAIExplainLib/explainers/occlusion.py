@@ -43,6 +43,7 @@ from scipy.ndimage import gaussian_filter
 from ..progress import Stage
 from ..targets import TargetFn
 from .base import Explainer, batched
+from .budget import activation_bytes
 from .incremental import IncrementalInference, OccludedInference, occluded_inference
 
 __all__ = ["Occlusion", "blurred_fill", "APPROXIMATION_TOLERANCE", "CHECK_WINDOWS"]
@@ -100,7 +101,7 @@ class Occlusion(Explainer):
         with torch.no_grad():
             for index, sample in enumerate(inputs):
                 image = sample.unsqueeze(0)
-                engine = occluded_inference(self.network, image, self.incremental)
+                engine = self._engine(image)
                 notes = [engine.kind + (f" ({engine.reason})" if engine.reason else "")]
                 fill = _blurred(image, window)
                 progress = _Progress(stage, self.title, index, inputs.shape[0])
@@ -118,6 +119,17 @@ class Occlusion(Explainer):
                 self.inference = ", ".join(notes)
                 maps.append(_average(image, boxes, drops))
         return torch.cat(maps)
+
+    def _engine(self, image: torch.Tensor) -> OccludedInference:
+        """Incremental inference where the network allows it and its cache of every layer's output fits the
+        memory budget; else full inference (one occluded copy at a time, what the budget holds)."""
+        from .incremental import FullInference
+
+        if self.incremental and activation_bytes(self.network, image) > self.memory_budget_mb * 2**20:
+            megabytes = activation_bytes(self.network, image) / 2**20
+            return FullInference(self.network, image, f"the incremental cache ({megabytes:.0f} MB) exceeds the "
+                                                      f"{self.memory_budget_mb:.0f} MB memory budget")
+        return occluded_inference(self.network, image, self.incremental)
 
     def _split_by_reach(self, engine: OccludedInference, boxes: list, target: TargetFn, notes: list) -> tuple[list, list]:
         """Indices of the windows to compute and of those far from what decides the score.
