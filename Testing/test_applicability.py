@@ -66,3 +66,23 @@ def test_the_demo_cards_state_the_domain_their_training_recipe_writes():
     for recipe in RECIPES.values():
         card = read_model_spec(resolve_model_path(recipe.name)).metadata["xai"]
         assert card["domain"] == TRAINING_DOMAINS[recipe.kind]
+
+
+def test_a_published_ct_bundle_flags_a_volume_that_is_not_in_hounsfield_units(tmp_path):
+    """Zoo bundles state no training data, but a CT model's input is in HU: normalised or absurd values are outside."""
+    import SimpleITK as sitk
+    from conftest import make_image
+    from XAIExplainLib.models import load_model
+    from XAIExplainLib.pipeline import explain_image
+    from zoo_bundles import SPLEEN_LIKE, write_zoo_bundle
+
+    model = load_model(write_zoo_bundle(tmp_path / "spleen", SPLEEN_LIKE))
+    assert model.spec.domain.intensity_range == (-1024.0, 3071.0)
+    ct = make_image(size=(40, 36, 30), spacing=(1.5, 1.5, 2.0))
+    array = sitk.GetArrayFromImage(ct)
+    hounsfield = sitk.GetImageFromArray((array - array.min()) / (array.max() - array.min()) * 1400.0 - 1000.0)
+    hounsfield.CopyInformation(ct)
+    assert explain_image(hounsfield, model, method="gradient").applicability["inside"] is True
+    scaled = sitk.GetImageFromArray(array * 1e30)
+    scaled.CopyInformation(ct)
+    assert explain_image(scaled, model, method="gradient").applicability["inside"] is False

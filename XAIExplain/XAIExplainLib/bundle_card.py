@@ -47,6 +47,7 @@ def derive_card(metadata: Mapping[str, Any], config: Optional[Mapping[str, Any]]
     _derive_output(metadata, config, card)
     _derive_grid(metadata, config, card)
     _derive_intensity(config, card)
+    _derive_domain(card)
     for key, value in written.items():
         if key == "input" and isinstance(value, Mapping) and isinstance(card.xai.get("input"), dict):
             card.xai["input"].update(value)
@@ -57,6 +58,19 @@ def derive_card(metadata: Mapping[str, Any], config: Optional[Mapping[str, Any]]
             card.note(key, "the bundle's xai card")
     card.missing = [m for m in card.missing if not _provided(m.split(" ")[0], written)]
     return card
+
+
+#: Hounsfield units a CT scanner stores (12 bits from air): what any CT input lies in, whatever the training set.
+CT_HOUNSFIELD_RANGE = (-1024.0, 3071.0)
+
+
+def _derive_domain(card: DerivedCard) -> None:
+    """A published bundle states no training data; for CT the physical range of Hounsfield units is still known,
+    so a volume that is not in HU (already normalised, or values of 1e30) is flagged. MR has no absolute unit."""
+    if card.xai.get("modality") == "CT":
+        card.xai["domain"] = {"intensity_range": list(CT_HOUNSFIELD_RANGE),
+                              "source": "the range of CT Hounsfield units (the bundle states no training data)"}
+        card.note("domain", "modality CT: Hounsfield units")
 
 
 def _provided(key: str, written: Mapping[str, Any]) -> bool:
