@@ -46,6 +46,11 @@ def test_the_card_comes_from_dataset_and_plans(nnunet):
     # plans.json's 3d_fullres: patch (z, y, x) = (20, 40, 40), spacing (2.5, 1, 1) -> the engine's (x, y, z)
     assert spec.input.patch_size == (40, 40, 20) and spec.input.spacing_mm == (1.0, 1.0, 2.5)
     assert spec.domain.spacing_min == (1.0, 1.0, 2.5)  # the fingerprint's training spacings
+    assert spec.domain.intensity_range == (-1024.0, 3071.0)  # CT: Hounsfield units
+    done = subprocess.run([sys.executable, "-m", "XAICommandLine", "models", "card", str(nnunet)], capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "read from dataset.json and plans.json" in done.stdout and "Grad-CAM layers (best first): network." in done.stdout
 
 
 def test_predictions_are_nnunets_own_in_the_input_geometry(nnunet):

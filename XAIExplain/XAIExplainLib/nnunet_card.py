@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from .bundle_card import CT_HOUNSFIELD_RANGE
 from .errors import XAIModelError
 
 __all__ = ["is_nnunet_folder", "model_folder", "checkpoint_file", "read_json", "configuration_name",
@@ -124,15 +125,19 @@ def nnunet_card_metadata(path: Path) -> dict:
                   "overlap": 0.5},
         "intensity": {"kind": "none"},  # nnU-Net's preprocessor normalises (see NNUNetRuntime)
     }
+    if xai["modality"] == "CT":  # in HU whatever the training set (see bundle_card.CT_HOUNSFIELD_RANGE)
+        xai["domain"] = {"intensity_range": list(CT_HOUNSFIELD_RANGE), "source": "the range of CT Hounsfield units"}
     fingerprint = folder / "dataset_fingerprint.json"
     if fingerprint.is_file():
         spacings = read_json(fingerprint).get("spacings", [])
         if isinstance(spacings, list) and spacings and all(
                 isinstance(s, list) and len(s) == 3 and all(isinstance(v, (int, float)) for v in s) for s in spacings):
             # The fingerprint's spacings are in the image array's order (z, y, x).
-            xai["domain"] = {"spacing_mm": {"min": [float(min(s[a] for s in spacings)) for a in (2, 1, 0)],
-                                            "max": [float(max(s[a] for s in spacings)) for a in (2, 1, 0)]},
-                             "source": "nnU-Net dataset_fingerprint.json (training spacings)"}
+            domain = xai.setdefault("domain", {})
+            domain["spacing_mm"] = {"min": [float(min(s[a] for s in spacings)) for a in (2, 1, 0)],
+                                    "max": [float(max(s[a] for s in spacings)) for a in (2, 1, 0)]}
+            domain["source"] = " and ".join(filter(None, (domain.get("source"),
+                                                          "nnU-Net dataset_fingerprint.json (training spacings)")))
     return {
         "name": str(plans.get("dataset_name", folder.parent.name)),
         "version": folder.name,

@@ -296,10 +296,18 @@ def _models_card(args: argparse.Namespace) -> int:
     from XAIExplainLib.errors import XAIModelError
     from XAIExplainLib.models import derive_bundle_card, load_model, resolve_model_path, suggest_cam_layers
 
+    from XAIExplainLib.bundle_card import DerivedCard
+    from XAIExplainLib.nnunet_card import is_nnunet_folder, nnunet_card_metadata
+
     path = resolve_model_path(args.bundle)
     if not path.is_dir():
         raise XAIInputError(f"{path.name} is not a bundle folder: a TorchScript model's card must be written by hand.")
-    card = derive_bundle_card(path)
+    nnunet = is_nnunet_folder(path)
+    if nnunet:  # read from dataset.json and plans.json; nnU-Net's preprocessor does the rest
+        metadata = nnunet_card_metadata(path)
+        card = DerivedCard(xai=metadata["xai"], sources=dict(metadata["_xai_sources"]))
+    else:
+        card = derive_bundle_card(path)
     layers: list[str] = []
     problem = ""
     if not card.missing:
@@ -315,7 +323,8 @@ def _models_card(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(card.xai, indent=2))
         return 0
-    print(f"Card of {path.name} (put it under \"xai\" in configs/metadata.json to change any entry):")
+    print(f"Card of nnU-Net model {path.name} (read from dataset.json and plans.json):" if nnunet else
+          f"Card of {path.name} (put it under \"xai\" in configs/metadata.json to change any entry):")
     print(json.dumps(card.xai, indent=2))
     print("Where each entry comes from:")
     for key, source in card.sources.items():
