@@ -20,8 +20,8 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a fresh process, as a user would."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "XAIExplain"), str(ROOT / "XAIRobustness")]),
                    **(env or {})}
-    return subprocess.run([sys.executable, "-m", "XAICommandLine", *args], capture_output=True, text=True,
-                          env=environment, timeout=300)
+    return subprocess.run([sys.executable, "-m", "XAICommandLine", *args], capture_output=True, encoding="utf-8",
+                          errors="replace", env=environment, timeout=300)
 
 
 @pytest.fixture(scope="module")

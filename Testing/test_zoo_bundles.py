@@ -23,7 +23,8 @@ from zoo_bundles import BRATS_LIKE, CLASSIFIER_LIKE, SPLEEN_LIKE, write_zoo_bund
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "XAICommandLine", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "XAICommandLine", *args], capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=600)
 
 
 @pytest.fixture(scope="module")
