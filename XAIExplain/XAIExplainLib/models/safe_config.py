@@ -50,7 +50,8 @@ def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bun
     untrusted build once the tensors it has created exceed that many bytes.
     """
     if key not in config:
-        raise XAIModelError(f"The bundle's inference.json has no '{key}' entry describing the network.")
+        raise XAIModelError(f"The bundle's inference config (inference.json or .yaml) has no '{key}' entry "
+                            f"describing the network.")
     if trust_bundle:
         from monai.bundle import ConfigParser
 
@@ -69,7 +70,7 @@ def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bun
                 raise MetaBuildError(str(error)) from None
             raise
     if not isinstance(network, torch.nn.Module):
-        raise XAIModelError(f"'{key}' in inference.json does not describe a torch network.")
+        raise XAIModelError(f"'{key}' in the inference config does not describe a torch network.")
     return network
 
 
@@ -99,7 +100,7 @@ class _AllocationLimit(TorchFunctionMode):
             self.used += result.numel() * result.element_size()
             if self.used > self.max_bytes:
                 raise XAIModelError(
-                    f"The network in inference.json needs more than {self.max_bytes / 2**20:.0f} MB of tensors, more "
+                    f"The network in the inference config needs more than {self.max_bytes / 2**20:.0f} MB of tensors, more "
                     f"than its weights file holds: they do not belong together; refused while building it.")
         return result
 
@@ -115,16 +116,16 @@ def _root_cause(error: BaseException) -> str:
 
 def _instantiate(node: Any, root: Mapping[str, Any], path: str, depth: int = 0) -> Any:
     if depth > 32:
-        raise XAIModelError(f"inference.json: references nest too deeply at '{path}'.")
+        raise XAIModelError(f"Inference config: references nest too deeply at '{path}'.")
     if isinstance(node, str):
         if node.startswith("$"):
             raise XAIModelError(
-                f"inference.json: '{path}' is a Python expression ({node[:40]}); refused because it would "
+                f"Inference config: '{path}' is a Python expression ({node[:40]}); refused because it would "
                 f"run code — pass --trust-bundle only if you trust where this bundle comes from."
             )
         if node.startswith("%"):
             raise XAIModelError(
-                f"inference.json: '{path}' imports another file ({node[:40]}); refused for an untrusted "
+                f"Inference config: '{path}' imports another file ({node[:40]}); refused for an untrusted "
                 f"bundle — pass --trust-bundle if you trust it."
             )
         if node.startswith("@"):
@@ -138,7 +139,7 @@ def _instantiate(node: Any, root: Mapping[str, Any], path: str, depth: int = 0) 
         special = {k for k in node if k.startswith("_") and k.endswith("_")} - {"_target_"} - _HARMLESS_KEYS
         if special:
             raise XAIModelError(
-                f"inference.json: '{path}' uses {', '.join(sorted(special))}, which can run code; "
+                f"Inference config: '{path}' uses {', '.join(sorted(special))}, which can run code; "
                 f"refused for an untrusted bundle — pass --trust-bundle if you trust it."
             )
         if node.get("_disabled_") is True:
@@ -157,7 +158,7 @@ def _instantiate(node: Any, root: Mapping[str, Any], path: str, depth: int = 0) 
         except XAIModelError:
             raise
         except Exception as error:
-            raise XAIModelError(f"inference.json: could not build {target} at '{path}' ({error}).") from None
+            raise XAIModelError(f"Inference config: could not build {target} at '{path}' ({error}).") from None
     return node
 
 
@@ -167,7 +168,7 @@ def _refuse_fetching(name: str, value: Any, path: str) -> None:
     names_a_place = any(isinstance(v, str) and _PLACE_VALUE.search(v) for v in _leaves(value))
     if asks_to_fetch or names_a_place:
         raise XAIModelError(
-            f"inference.json: '{path}' = {str(value)[:40]!r} would make the network fetch or read something when it "
+            f"Inference config: '{path}' = {str(value)[:40]!r} would make the network fetch or read something when it "
             f"is built; an untrusted bundle gets no network or file access — pass --trust-bundle if you trust it."
         )
 
@@ -209,7 +210,7 @@ def _allowed_class(target: Any, path: str) -> type:
         target = ALLOWED_TARGET_PREFIXES[0] + target
     if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES) or "$" in target:
         raise XAIModelError(
-            f"inference.json: '{path}' asks for {target!r}, which is not a network class from "
+            f"Inference config: '{path}' asks for {target!r}, which is not a network class from "
             f"{' or '.join(p + '*' for p in ALLOWED_TARGET_PREFIXES)}; refused for an untrusted bundle — "
             f"pass --trust-bundle if you trust it."
         )
@@ -217,9 +218,9 @@ def _allowed_class(target: Any, path: str) -> type:
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
-        raise XAIModelError(f"inference.json: '{path}' names {target}, which does not exist.") from None
+        raise XAIModelError(f"Inference config: '{path}' names {target}, which does not exist.") from None
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise XAIModelError(f"inference.json: '{path}' names {target}, which is not a torch network class.")
+        raise XAIModelError(f"Inference config: '{path}' names {target}, which is not a torch network class.")
     return cls
 
 
@@ -231,5 +232,5 @@ def _resolve_reference(reference: str, root: Mapping[str, Any], path: str) -> An
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            raise XAIModelError(f"inference.json: '{path}' refers to @{reference}, which does not exist.")
+            raise XAIModelError(f"Inference config: '{path}' refers to @{reference}, which does not exist.")
     return node
