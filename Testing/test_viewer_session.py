@@ -230,3 +230,35 @@ def test_a_multi_channel_run_takes_the_uploaded_volumes_in_card_order(tmp_path):
     assert result.saliency.GetSize() == t1c.GetSize()
     session.load_case(tmp_path / "t1c.nii.gz")  # a new case has none of its other volumes
     assert session.channels == {}
+
+
+def test_a_run_explains_the_structure_under_the_cursor_the_user_moved(tmp_path):
+    import numpy as np
+    from scipy import ndimage
+
+    from zoo_bundles import BRATS_LIKE, write_zoo_bundle
+
+    bundle = write_zoo_bundle(tmp_path / "brats", BRATS_LIKE)
+    scene = slicer.vtkMRMLScene()
+    scene.AddNewNodeByClass("vtkMRMLCrosshairNode")  # the viewer's scene has Slicer's cursor
+    session = ViewerSession(scene)
+    image = make_image(size=(40, 36, 30), spacing=(1.0, 1.0, 1.0), blob_index=(20, 18, 15))
+    session.load_upload("mr.nii.gz", _nifti_bytes(image, tmp_path))
+    assert session.user_cursor() is None  # nothing moved yet
+    settings = RunSettings(model=str(bundle), method="gradient", uncertainty="none", samples=2)
+    first, facts = session.compute(session.input_image(), settings)
+    session.apply(first, facts, settings, opacity=0.5, threshold=0.2)
+    assert session.user_cursor() is None  # the viewer put the cursor on the peak itself
+    default = first.explanation["target"]["class_index"]
+    labels = sitk.GetArrayFromImage(first.segmentation)  # (k, j, i); value = structure + 1
+    other = next(v for v in np.unique(labels) if v not in (0, default + 1))
+    depth = ndimage.distance_transform_edt(labels == other)  # the voxel deepest inside that structure
+    k, j, i = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    lps = first.segmentation.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))
+    session.crosshair().SetCrosshairRAS(-lps[0], -lps[1], lps[2])  # the user's Shift + mouse move
+    cursor = session.user_cursor()
+    assert cursor is not None
+    moved = RunSettings(model=str(bundle), method="gradient", uncertainty="none", samples=2, point_ras=cursor)
+    result, _ = session.compute(session.input_image(), moved)
+    assert result.explanation["target"]["class_index"] == other - 1
+    assert "the structure at the cursor" in result.explanation["target"]["description"]

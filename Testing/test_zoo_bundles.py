@@ -152,6 +152,25 @@ def test_the_default_target_is_the_largest_predicted_structure():
     assert largest_predicted_structure(labels, multilabel=True) == 0
 
 
+def test_the_structure_at_the_cursor_is_explained_by_default():
+    """A point inside the smaller structure picks it; a point on background or off the grid keeps the largest."""
+    import torch
+
+    from XAIExplainLib.pipeline import PreparedCase, structure_at
+
+    grid = sitk.Image([4, 4, 4], sitk.sitkUInt8)
+    grid.SetOrigin((10.0, 20.0, 30.0))  # LPS: the RAS point of voxel (i, j, k) is (-10 - i, -20 - j, 30 + k)
+    case = PreparedCase(image=grid, grid=grid, inputs=torch.zeros(1, 1, 4, 4, 4))
+    scores = torch.zeros(1, 4, 4, 4, 4)
+    scores[0, 0] = 1.0
+    scores[0, 2, :1] = 2.0  # structure 2 at i = 0
+    scores[0, 3, 1:3] = 2.0  # structure 3 (the largest) at i = 1, 2
+    probabilities = torch.softmax(scores, dim=1)
+    assert structure_at(case, probabilities, (-10.0, -21.0, 31.0), multilabel=False) == 2
+    assert structure_at(case, probabilities, (-13.0, -21.0, 31.0), multilabel=False) is None  # background
+    assert structure_at(case, probabilities, (50.0, 0.0, 0.0), multilabel=False) is None  # off the grid
+
+
 def test_a_report_for_a_bundle_that_names_no_task_uses_the_generic_one(spleen, tmp_path):
     sitk.WriteImage(make_image(size=(40, 36, 30), spacing=(1.2, 1.2, 2.0), blob_index=(20, 18, 15)),
                     str(tmp_path / "ct.nii.gz"))

@@ -250,9 +250,13 @@ class XAIViewerApp:
 
     # --- long work: one at a time, in a worker thread, progress and Cancel on the panel ---
 
-    def run(self) -> None:
+    def run(self, picked: bool = False) -> None:
+        """Explain the case; the structure is the one just ``picked``, else the one under the cursor if the user
+        moved it there, else the picker's (after a first run), else the largest predicted."""
+        cursor = None if picked else self.session.user_cursor()
         settings = RunSettings(model=self.state.model, method=self.state.method, uncertainty=self.state.uncertainty,
-                               task=self.state.task, target=self.state.structure)
+                               task=self.state.task, target=None if cursor else self.state.structure,
+                               point_ras=cursor)
         self._start(lambda image, progress, cancel: self.session.compute(image, settings, progress, cancel),
                     lambda outcome: self._show_result(*outcome, settings))
 
@@ -330,7 +334,7 @@ class XAIViewerApp:
         """Another predicted structure picked: explain it (the case's forward pass is reused)."""
         result = self.session.result
         if structure and result is not None and structure != result.explanation["target"]["class_name"]:
-            self.run()
+            self.run(picked=True)
 
     def _forget_structures(self, **_: Any) -> None:
         self.state.structures, self.state.structure = [], None

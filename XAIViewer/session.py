@@ -43,6 +43,8 @@ class RunSettings:
     task: Optional[str] = None
     target: Optional[str] = None
     seed: int = 0
+    #: Where the user put the cursor (RAS mm), if they moved it: a segmentation explains the structure there.
+    point_ras: Optional[tuple] = None
 
 
 @dataclass
@@ -67,6 +69,8 @@ class ViewerSession:
     #: A multi-channel model's input volumes after the first, by channel number (2, 3, …), with their names.
     channels: dict = field(default_factory=dict)
     _models: dict = field(default_factory=dict)
+    #: Where the viewer itself last put the cursor (a case's centre, an evidence peak): not the user's choice.
+    _placed_cursor: Optional[tuple] = None
 
     # --- case ---
 
@@ -81,6 +85,9 @@ class ViewerSession:
         self.case_name = name
         self.input_node = mrml.imageToVolumeNode(self.scene, image, self.case_name)
         self.input_node.CreateDefaultDisplayNodes()
+        # Where the cursor is now is not the user's choice (it stays hidden until a result is shown).
+        crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        self._placed_cursor = tuple(crosshair.GetCrosshairRAS()) if crosshair is not None else None
         return self.input_node
 
     def show_reference(self, mask_path: str | os.PathLike) -> None:
@@ -171,7 +178,8 @@ class ViewerSession:
         result = explain_image(image, model, method=settings.method, target=settings.target,
                                uncertainty=settings.uncertainty, samples=settings.samples, seed=settings.seed,
                                progress=progress, cancel=cancel, cache=self.cache,
-                               other_channels=self.other_channels(model))
+                               other_channels=self.other_channels(model),
+                               target_point_ras=settings.point_ras if settings.target is None else None)
         return result, self.describe(image, result, settings)
 
     def describe(self, image, result: ExplanationResult, settings: RunSettings) -> Optional[CaseFacts]:
@@ -220,6 +228,16 @@ class ViewerSession:
         crosshair = self.crosshair()
         if crosshair is not None:
             crosshair.SetCrosshairRAS(r, a, s)
+            self._placed_cursor = (r, a, s)
+
+    def user_cursor(self) -> Optional[tuple]:
+        """The cursor's RAS position if the user moved it (Shift + mouse move) since the viewer last placed it."""
+        crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is None:
+            return None
+        here = tuple(float(v) for v in crosshair.GetCrosshairRAS())
+        placed = self._placed_cursor
+        return here if placed is None or max(abs(a - b) for a, b in zip(here, placed)) > 1e-3 else None
 
     def crosshair(self):
         """The scene's crosshair node, shown as a thin cursor linked across the views."""

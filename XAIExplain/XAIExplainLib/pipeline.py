@@ -231,6 +231,7 @@ def explain_image(
     cancel: Optional[CancelToken] = None,
     cache: Optional[CaseCache] = None,
     other_channels: Sequence[sitk.Image] = (),
+    target_point_ras: Optional[Sequence[float]] = None,
 ) -> ExplanationResult:
     """Predict, explain and (optionally) estimate uncertainty for one case.
 
@@ -240,7 +241,8 @@ def explain_image(
     ``ensemble`` (with ``ensemble`` the other models). Same ``seed``, same result. ``cache``: the open
     case's cache; what it already knows is reused (and listed in ``reused``). ``other_channels``: for a
     multi-channel model, its inputs after ``image``, in the card's channel order (``image`` sets the grid
-    of every map).
+    of every map). ``target_point_ras``: for segmentation without ``target``, explain the structure predicted
+    at this point (RAS mm: the viewer's cursor) when there is one there.
     """
     if method not in EXPLAINERS:
         raise XAIInputError(f"Unknown explanation method '{method}'; choose one of {', '.join(EXPLAINERS)}.")
@@ -287,7 +289,7 @@ def explain_image(
         if entry is not None:
             entry.prepared, entry.probabilities, entry.prediction, entry.segmentation = case, probabilities, prediction, segmentation
 
-    resolved = resolve_target(model, case, probabilities, target, target_mask)
+    resolved = resolve_target(model, case, probabilities, target, target_mask, target_point_ras)
     explain_share = 0.85 if uncertainty == "none" else 0.5
     clock = time.perf_counter()
     explainer = make_explainer(method, model.network, model.spec.cam_target_layer, **explainer_params(method, seed, method_params))
@@ -456,8 +458,10 @@ def _describe_structures(model: LoadedModel, case: PreparedCase, probabilities: 
 
 
 def resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.Tensor,
-                   target: Optional[int | str], target_mask: Optional[sitk.Image]) -> Target:
-    """The score to explain, fixed from the unperturbed prediction (see :mod:`XAIExplainLib.targets`)."""
+                   target: Optional[int | str], target_mask: Optional[sitk.Image],
+                   point_ras: Optional[Sequence[float]] = None) -> Target:
+    """The score to explain, fixed from the unperturbed prediction (see :mod:`XAIExplainLib.targets`);
+    segmentation without a ``target``: the structure predicted at ``point_ras`` if any, else the largest."""
     spec = model.spec
     if spec.task == "classification":
         if target_mask is not None:
@@ -466,9 +470,10 @@ def resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.
         description = f"logit of class '{spec.class_names[index]}'" + (" (predicted)" if target is None else "")
         return Target(class_logit(index), index, spec.class_names[index], description)
     multilabel = is_multilabel(model, probabilities)
+    at_point = structure_at(case, probabilities, point_ras, multilabel) if target is None and point_ras else None
     default = spec.positive_class if spec.positive_class is not None else largest_predicted_structure(probabilities,
                                                                                                      multilabel)
-    index = spec.class_index(target) if target is not None else default
+    index = spec.class_index(target) if target is not None else (at_point if at_point is not None else default)
     if target_mask is not None:
         mask_on_grid = sitk.Resample(sitk.Cast(target_mask, sitk.sitkFloat32), case.grid, sitk.Transform(),
                                      sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
@@ -478,12 +483,29 @@ def resolve_target(model: LoadedModel, case: PreparedCase, probabilities: torch.
         description = f"'{spec.class_names[index]}' logits summed over the given mask"
     else:
         region = probabilities[0, index] > 0.5 if multilabel else probabilities[0].argmax(dim=0) == index
-        description = f"'{spec.class_names[index]}' logits summed over the predicted region"
+        description = f"'{spec.class_names[index]}' logits summed over the predicted region" + \
+            (" (the structure at the cursor)" if at_point is not None else "")
         if not region.any():
             # Nothing predicted: explain what pushes the whole volume towards the class instead.
             region = torch.ones_like(region)
             description = f"'{spec.class_names[index]}' logits summed over the whole volume (none predicted)"
     return Target(region_logit_sum(index, region), index, spec.class_names[index], description, int(region.sum()), region)
+
+
+def structure_at(case: PreparedCase, probabilities: torch.Tensor, point_ras: Sequence[float],
+                 multilabel: bool) -> Optional[int]:
+    """The structure predicted at ``point_ras`` (RAS mm) on the model grid (multi-label: the most probable of
+    those present there); None outside the grid or where nothing (only background) is predicted."""
+    r, a, s = (float(v) for v in point_ras)
+    index = case.grid.TransformPhysicalPointToContinuousIndex((-r, -a, s))
+    voxel = tuple(int(round(v)) for v in index)
+    if any(v < 0 or v >= n for v, n in zip(voxel, probabilities.shape[2:])):
+        return None
+    values = probabilities[(0, slice(None), *voxel)]
+    if multilabel:
+        return int(values.argmax()) if bool((values > 0.5).any()) else None
+    label = int(values.argmax())
+    return label if label > 0 else None
 
 
 def is_multilabel(model: LoadedModel, probabilities: torch.Tensor) -> bool:
