@@ -62,13 +62,8 @@ def build_network(config: Mapping[str, Any], key: str = "network_def", trust_bun
             raise XAIModelError(f"Could not build the network from the trusted bundle ({_root_cause(error)}).") from None
     else:
         limit = _AllocationLimit(max_bytes) if max_bytes is not None else nullcontext()
-        try:
-            with _downloads_disabled(), torch.device(device or "cpu"), limit:
-                network = _instantiate(config[key], config, path=key)
-        except XAIModelError as error:
-            if device == "meta" and "meta" in str(error):
-                raise MetaBuildError(str(error)) from None
-            raise
+        with _downloads_disabled(), torch.device(device or "cpu"), limit:
+            network = _instantiate(config[key], config, path=key)
     if not isinstance(network, torch.nn.Module):
         raise XAIModelError(f"'{key}' in the inference config does not describe a torch network.")
     return network
@@ -158,7 +153,11 @@ def _instantiate(node: Any, root: Mapping[str, Any], path: str, depth: int = 0) 
         except XAIModelError:
             raise
         except Exception as error:
-            raise XAIModelError(f"Inference config: could not build {target} at '{path}' ({error}).") from None
+            message = f"Inference config: could not build {target} at '{path}' ({error})."
+            if torch.get_default_device().type == "meta":
+                # Built without memory: whatever failed is retried on the CPU, which gives the real cause if any.
+                raise MetaBuildError(message) from None
+            raise XAIModelError(message) from None
     return node
 
 
