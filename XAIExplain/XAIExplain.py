@@ -524,7 +524,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         run of this model, the structures it predicted (largest first, with their volumes), then the other
         classes; 105-structure models list what is in the case first."""
         classNames = self.modelClassNames(model)
-        choices = [(_("Predicted class (largest predicted structure)"), "")]
+        segmenter = self._cardOf(model).get("task") == "segmentation"
+        choices = [(_("Largest predicted structure") if segmenter else _("Predicted class"), "")]
         predicted = []
         result = self.lastResult
         if result is not None and list(result.prediction.get("class_names", [])) == classNames:

@@ -183,9 +183,9 @@ def sliding_windows(model: LoadedModel, inputs: torch.Tensor) -> SlidingWindows:
 def uses_sliding_window(model: LoadedModel, inputs: torch.Tensor) -> bool:
     """Whether ``inputs`` is predicted window by window (a segmentation grid larger than the patch size, or a
     framework that always predicts in windows, as nnU-Net pads a small grid to one)."""
-    patch = model.spec.input.patch_size
     if model.runtime is not None:
         return True
+    patch = model.spec.input.patch_size
     return model.spec.task == "segmentation" and bool(patch) and any(s > p for s, p in zip(inputs.shape[2:], patch))
 
 

@@ -168,7 +168,8 @@ def _sanity(args: argparse.Namespace) -> int:
     results = _run(lambda printer: sanity_checks(image, model, args.method, seed=args.seed,
                                                  max_steps=args.max_steps, progress=printer,
                                                  other_channels=others))
-    report = {"input": str(Path(args.input[0]).absolute()), "inputs": _absolute(args.input), "model": model.describe(), "seed": args.seed,
+    report = {"input": str(Path(args.input[0]).absolute()), "inputs": _absolute(args.input), "model": model.describe(),
+              "seed": args.seed,
               "sanity": {"passed": all(r.passed for r in results.values()),
                          "spearman": max(r.final_spearman for r in results.values()),
                          "methods": {key: result.to_json() for key, result in results.items()}}}
@@ -189,7 +190,8 @@ def _faithfulness(args: argparse.Namespace) -> int:
     result = _run(lambda printer: faithfulness_test(image, model, args.method, steps=args.steps, n_random=args.random,
                                                     blur_mm=args.blur_mm, seed=args.seed, progress=printer,
                                                     other_channels=others))
-    report = {"input": str(Path(args.input[0]).absolute()), "inputs": _absolute(args.input), "model": model.describe(), **result.to_json()}
+    report = {"input": str(Path(args.input[0]).absolute()), "inputs": _absolute(args.input), "model": model.describe(),
+              **result.to_json()}
     columns = result.curve_columns()
     rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
     title = f"Faithfulness — {Path(args.input[0]).name} · {model.model_id}"

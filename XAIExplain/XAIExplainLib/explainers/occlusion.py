@@ -125,8 +125,9 @@ class Occlusion(Explainer):
         memory budget; else full inference (one occluded copy at a time, what the budget holds)."""
         from .incremental import FullInference
 
-        if self.incremental and activation_bytes(self.network, image) > self.memory_budget_mb * 2**20:
-            megabytes = activation_bytes(self.network, image) / 2**20
+        cache = activation_bytes(self.network, image) if self.incremental else 0
+        if cache > self.memory_budget_mb * 2**20:
+            megabytes = cache / 2**20
             return FullInference(self.network, image, f"the incremental cache ({megabytes:.0f} MB) exceeds the "
                                                       f"{self.memory_budget_mb:.0f} MB memory budget")
         return occluded_inference(self.network, image, self.incremental)

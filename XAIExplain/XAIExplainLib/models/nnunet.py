@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -99,9 +100,10 @@ def load_nnunet_network(path: Path, trust: bool) -> tuple[torch.nn.Module, NNUNe
     checkpoint = _read_checkpoint(checkpoint_path)
     recorded = checkpoint.get("init_args", {})
     name = configuration_name(folder, plans, recorded.get("configuration") if isinstance(recorded, dict) else None)
+    if not isinstance(plans["configurations"][name].get("architecture"), dict):
+        raise XAIModelError(f"nnU-Net model {folder.name}: plans.json architecture must be an object.")
     plans_manager = PlansManager(plans)
     configuration = plans_manager.get_configuration(name)
-    architecture = plans["configurations"][name].get("architecture", {})
     network_class = configuration.network_arch_class_name
     imported = {key: configuration.network_arch_init_kwargs.get(key)
                 for key in configuration.network_arch_init_kwargs_req_import}
@@ -115,8 +117,6 @@ def load_nnunet_network(path: Path, trust: bool) -> tuple[torch.nn.Module, NNUNe
             raise XAIModelError(f"nnU-Net plans import {', '.join(f'{k}={v!r}' for k, v in odd.items())}, which is "
                                 f"not a torch.nn layer nnU-Net uses; refused — pass --trust-bundle only if you trust "
                                 f"this model.")
-    if not isinstance(architecture, dict):
-        raise XAIModelError(f"nnU-Net model {folder.name}: plans.json architecture must be an object.")
     label_manager = plans_manager.get_label_manager(dataset)
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     try:
@@ -208,7 +208,7 @@ class NNUNetRuntime:
         padded = tuple(max(int(s), p) for s, p in zip(reversed(tuple(spatial)), patch))
         steps = compute_steps_for_sliding_window(padded, patch, self.TILE_STEP)
         boxes = [tuple(slice(s, s + p) for s, p in zip(reversed(start), reversed(patch)))
-                 for start in _product(steps)]
+                 for start in itertools.product(*steps)]
         gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=torch.device("cpu"))
         return SlidingWindows.from_boxes(spatial, tuple(reversed(patch)), boxes, gaussian.float().permute(2, 1, 0))
 
@@ -231,12 +231,6 @@ class NNUNetRuntime:
 def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
     return a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing()) and \
         np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection())
-
-
-def _product(steps: list[list[int]]) -> list[tuple[int, ...]]:
-    import itertools
-
-    return list(itertools.product(*steps))
 
 
 def _preprocessed_grid(image: sitk.Image, bbox: Sequence[Sequence[int]], cropped_shape: Sequence[int],
