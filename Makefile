@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
 #   make demo   the browser viewer on the bundled demo case and model (prints the address to open)
-#   make test   run the whole test suite (installs Debian's chromium for the browser tests if missing)
+#   make test   run the whole test suite (installs Debian's chromium and dicom3tools for the tests if missing)
 # Both create or refresh the project's virtual environment first (.venv, torch 2.13.0 CPU first).
 
 VENV   ?= .venv
@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.slicer-xai-installed
 PORT   ?= 8080
 
-.PHONY: demo explain-demo test bench chromium venv clean
+.PHONY: demo explain-demo test bench system-packages venv clean
 
 venv: $(STAMP)
 
@@ -36,11 +36,15 @@ explain-demo: $(STAMP)
 	$(VENV)/bin/slicer-xai explain XAIExplain/XAIExplainLib/Resources/SampleData/brain-lesion-case1.nii.gz --model brain-lesion-classifier \
 		--method gradcam --uncertainty tta --out out/demo
 
-# Browser tests drive Debian's chromium (playwright cannot download browsers here).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian packages the tests drive: chromium for the browser tests (playwright cannot download browsers
+# here) and dicom3tools, whose dciodvfy validates every DICOM object the tests write.
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	[ -z "$$missing" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
-test: $(STAMP) chromium
+test: $(STAMP) system-packages
 	$(PYTHON) -m pytest -q
 
 # The README's explanation-bench tables, and the task catalogue's evidence (XAIExplain/XAIExplainLib/Resources/Tasks/Bench), from

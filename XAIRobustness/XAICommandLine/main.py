@@ -1,7 +1,7 @@
 """``slicer-xai``: the engine from a command line.
 
-Subcommands: ``explain``, ``report``, ``models list``, ``models show``, ``data synth``. Bad input gets one line on
-stderr and exit code 2, never a traceback, and nothing is left in the output folder.
+Subcommands: ``explain``, ``report``, ``models list``, ``models show``, ``data synth``, ``data to-dicom``. Bad input
+gets one line on stderr and exit code 2, never a traceback, and nothing is left in the output folder.
 """
 
 from __future__ import annotations
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True)
     synth.set_defaults(handler=_data_synth)
+    to_dicom = data_commands.add_parser("to-dicom", help="write an image as a DICOM MR series (e.g. to put it into a PACS)")
+    to_dicom.add_argument("image", help="NIfTI, NRRD or MetaImage volume (or a DICOM folder)")
+    to_dicom.add_argument("--out", required=True, help="new or empty folder for the series' files")
+    to_dicom.add_argument("--patient-id", default="XAI-DEMO-0001", help="Patient ID to write (default: an anonymous ID)")
+    to_dicom.add_argument("--description", default="Converted volume", help="Series Description (64 characters at most)")
+    to_dicom.set_defaults(handler=_data_to_dicom)
 
     report = commands.add_parser("report", help="a self-contained HTML report of one case for one audience")
     report.add_argument("input", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder")
@@ -370,6 +376,20 @@ def _report(args: argparse.Namespace) -> int:
     if report.writeup.review:
         print("Review recommended: " + " ".join(report.facts.review_reasons))
     print(f"Report ({report.audience.title}) in {path}")
+    return 0
+
+
+def _data_to_dicom(args: argparse.Namespace) -> int:
+    from XAIExplainLib.dicom import SeriesIdentity, write_image_series
+    from XAIExplainLib.imageio import read_image
+
+    if len(args.description) > 64 or len(args.patient_id) > 64:
+        raise XAIInputError("--description and --patient-id are limited to 64 characters each (DICOM LO).")
+    image = read_image(args.image)
+    out = Path(args.out).absolute()
+    identity = SeriesIdentity(patient_id=args.patient_id, series_description=args.description)
+    files = write_image_series(image, out, identity)
+    print(f"Wrote {len(files)} DICOM slice(s) of study {identity.study_uid} to {out}")
     return 0
 
 
