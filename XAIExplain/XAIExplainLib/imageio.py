@@ -31,6 +31,7 @@ from .errors import XAIInputError
 __all__ = [
     "MAX_VOXELS",
     "MIN_EXTENT",
+    "dicom_series_files",
     "read_image",
     "read_mask",
     "validate_image",
@@ -325,7 +326,11 @@ def describe_geometry(image: sitk.Image) -> dict:
     }
 
 
-def _read_dicom_series(folder: Path, name: str) -> sitk.Image:
+def dicom_series_files(folder: str | os.PathLike, name: str = "The DICOM folder") -> list[str]:
+    """The files of the DICOM series in ``folder``, in the slice order SimpleITK reads them (slice ``k`` of
+    the image is file ``k``), after the strict checks (no links out, no devices, no gaps, duplicates or
+    mixed orientations). The largest series is taken when the folder holds several."""
+    folder = Path(folder)
     for entry in folder.iterdir():
         if entry.is_symlink() and not entry.resolve().is_relative_to(folder.resolve()):
             raise XAIInputError(f"{name} holds {entry.name}, a link to a file outside the folder; refused.")
@@ -343,6 +348,11 @@ def _read_dicom_series(folder: Path, name: str) -> sitk.Image:
             (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
         )
     _check_dicom_slices(files, name)
+    return list(files)
+
+
+def _read_dicom_series(folder: Path, name: str) -> sitk.Image:
+    files = dicom_series_files(folder, name)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     with _native_stderr_captured():

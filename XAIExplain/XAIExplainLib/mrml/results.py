@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import slicer
 
 from ..audiences.presets import LESION_OUTLINE
+from ..review import review_regions
 from .colors import REVIEW_LABEL
 from .display import (
     configureReviewDisplay,
@@ -109,18 +110,10 @@ def removeResultNode(scene, node) -> None:
 
 
 def reviewRegions(uncertainty: sitk.Image, percentile: float = 90.0) -> tuple:
-    """Voxels whose uncertainty is above ``percentile`` of the non-zero uncertainty values.
-
-    Zero means "no doubt at all" (e.g. background the model never looked at); counting it would let
-    a mostly-empty map flag everything it touches. Returns (uint8 label image, threshold used).
-    """
-    values = sitk.GetArrayViewFromImage(uncertainty)
-    positive = values[np.isfinite(values) & (values > 0)]
-    threshold = float(np.percentile(positive, percentile)) if positive.size else np.inf
-    mask = (values > threshold).astype(np.uint8) * REVIEW_LABEL
-    label = sitk.GetImageFromArray(mask)
-    label.CopyInformation(uncertainty)
-    return label, threshold
+    """The engine's review regions (:func:`XAIExplainLib.review.review_regions`) as a label image whose
+    voxels are ``REVIEW_LABEL``, with the threshold used."""
+    mask, threshold = review_regions(uncertainty, percentile)
+    return mask * REVIEW_LABEL, threshold
 
 
 def applyExplanationResult(
