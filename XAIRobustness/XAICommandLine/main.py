@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     explain = commands.add_parser("explain", help="explain a model's decision on one image")
-    explain.add_argument("input", nargs="+", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder; for a "
-                                                  "multi-channel model one per channel, in the card's channel order")
+    explain.add_argument("input", nargs="*", help="NIfTI, NRRD or MetaImage file, or a DICOM series folder; for a "
+                                                  "multi-channel model one per channel, in the card's channel order "
+                                                  "(none with --pacs)")
     explain.add_argument("--model", required=True, help="bundled model name, bundle folder or TorchScript file")
     explain.add_argument("--method", default="gradcam", choices=_METHOD_CHOICES)
     explain.add_argument("--target", help="class index or name to explain (default: the predicted class)")
@@ -68,7 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what one explanation batch may take (default 2048); sliding-window models are "
                               "explained one window at a time inside it")
     explain.add_argument("--seed", type=int, default=0)
-    explain.add_argument("--format", default="nii.gz", choices=sorted(_FORMATS), help="format of the output maps")
+    explain.add_argument("--format", choices=sorted([*_FORMATS, "dicom"]),
+                         help="format of the results: maps as nii.gz (default), nrrd or mha, or dicom (Parametric "
+                              "Maps, SEG and a TID 1500 report referencing the source series; default with --pacs)")
+    explain.add_argument("--pacs", metavar="URL", help="DICOMweb base address of a PACS to fetch the study from "
+                         "(credentials: SLICER_XAI_PACS_USER/_PASSWORD, _TOKEN or a credentials file)")
+    explain.add_argument("--study", metavar="UID", help="--pacs: Study Instance UID to explain")
+    explain.add_argument("--series", metavar="UID", help="--pacs: Series Instance UID (default: the study's largest "
+                                                         "image series)")
+    explain.add_argument("--store", action="store_true", help="--pacs: store the DICOM results back into the study")
+    explain.add_argument("--pacs-credentials", metavar="FILE",
+                         help='JSON file {"user": ..., "password": ...} or {"token": ...}, readable by you only')
     explain.add_argument("--trust-bundle", action="store_true",
                          help="allow the bundle's config to run Python code (only for bundles you trust)")
     explain.add_argument("--out", required=True, help="output folder")
@@ -178,17 +189,57 @@ def _raise_terminated(_signum: int, _frame: object) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from XAIExplainLib.imageio import check_output_location, read_image, read_mask, staged_output_dir, write_image
+    from XAIExplainLib.imageio import check_output_location, read_mask
     from XAIExplainLib.models import load_model
-    from XAIExplainLib.pipeline import explain_image
 
     out = check_output_location(args.out)  # before any work: an unwritable --out is found at once
     if args.samples < 2:
         raise XAIInputError("--samples must be at least 2.")
-    image, *other_channels = [read_image(path) for path in args.input]
+    output_format = _explain_format(args)
     target_mask = read_mask(args.target_mask) if args.target_mask else None
     model = load_model(args.model, trust_bundle=args.trust_bundle)
     ensemble = [load_model(name, trust_bundle=args.trust_bundle) for name in args.ensemble_model]
+    if not args.pacs:
+        return _explain_inputs(args, list(args.input), args.input, model, ensemble, target_mask, output_format, out)
+    from XAIExplainLib.dicom.pacs import PacsClient, check_uid, fetch_to_temporary_folder, pacs_credentials
+
+    client = PacsClient(args.pacs, pacs_credentials(args.pacs_credentials))
+    study = check_uid(args.study, "--study")
+    series = check_uid(args.series, "--series") if args.series else client.image_series(study).series_uid
+    fetched = fetch_to_temporary_folder(client, study, series)
+    try:
+        return _explain_inputs(args, [fetched.name], [f"{client.url} study {study} series {series}"], model,
+                               ensemble, target_mask, output_format, out, store=client if args.store else None)
+    finally:
+        fetched.cleanup()
+
+
+def _explain_format(args: argparse.Namespace) -> str:
+    """The output format, after the checks that tie --pacs, --study, --series, --store and INPUT together."""
+    if args.pacs:
+        if args.input:
+            raise XAIInputError("Give either INPUT files or --pacs with --study, not both.")
+        if not args.study:
+            raise XAIInputError("--pacs needs --study UID (the study to explain).")
+        if args.store and args.format not in (None, "dicom"):
+            raise XAIInputError("--store sends DICOM results; leave out --format (or give --format dicom).")
+        return args.format or "dicom"
+    if not args.input:
+        raise XAIInputError("Give an INPUT image (or a DICOM folder), or --pacs URL --study UID.")
+    extra = [flag for flag, value in (("--study", args.study), ("--series", args.series), ("--store", args.store),
+                                      ("--pacs-credentials", args.pacs_credentials)) if value]
+    if extra:
+        raise XAIInputError(f"{', '.join(extra)} need(s) --pacs URL.")
+    return args.format or "nii.gz"
+
+
+def _explain_inputs(args, paths: list, shown_inputs, model, ensemble, target_mask, output_format: str, out: Path,
+                    store=None) -> int:
+    """Explain the image(s) at ``paths`` and write the results into ``out`` (and, given ``store``, the PACS)."""
+    from XAIExplainLib.imageio import read_image, staged_output_dir, write_image
+    from XAIExplainLib.pipeline import explain_image
+
+    image, *other_channels = [read_image(path) for path in paths]
     # Each option reaches only the method it belongs to.
     options = {"occlusion": (("window", args.occlusion_window), ("mode", args.occlusion_mode)),
                "ig": (("n_steps", args.ig_steps),), "smoothgrad": (("n_samples", args.smoothgrad_samples),)}
@@ -203,24 +254,50 @@ def _explain(args: argparse.Namespace) -> int:
                                other_channels=other_channels)
     finally:
         printer.close()
-    suffix = _FORMATS[args.format]
-    files = {"saliency": f"saliency{suffix}"}
-    if result.uncertainty is not None:
-        files["uncertainty"] = f"uncertainty{suffix}"
-    if result.segmentation is not None:
-        files["segmentation"] = f"segmentation{suffix}"
-    inputs = [str(Path(path).absolute()) for path in args.input]
-    report = {"input": inputs[0], **({"inputs": inputs} if len(inputs) > 1 else {}),
-              "files": {**files, "result": "result.json"}, **result.to_json()}
+    inputs = [str(Path(path).absolute()) if not args.pacs else str(path) for path in shown_inputs]
+    stored = None
     with staged_output_dir(out) as staging:
-        write_image(result.saliency, staging / files["saliency"])
-        if result.uncertainty is not None:
-            write_image(result.uncertainty, staging / files["uncertainty"])
-        if result.segmentation is not None:
-            write_image(result.segmentation, staging / files["segmentation"])
+        if output_format == "dicom":
+            files, stored = _write_dicom(result, image, Path(paths[0]), staging, store)
+        else:
+            files = _write_maps(result, staging, _FORMATS[output_format], write_image)
+        report = {"input": inputs[0], **({"inputs": inputs} if len(inputs) > 1 else {}),
+                  "files": {**files, "result": "result.json"}, **result.to_json()}
         (staging / "result.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _print_summary(result, out)
+    if stored:
+        print(f"Stored {stored[0]} result object(s) in study {stored[1]} on {store.url}")
     return 0
+
+
+def _write_maps(result, staging: Path, suffix: str, write_image) -> dict:
+    files = {}
+    for role in ("saliency", "uncertainty", "segmentation"):
+        if getattr(result, role) is not None:
+            files[role] = f"{role}{suffix}"
+            write_image(getattr(result, role), staging / files[role])
+    return files
+
+
+def _write_dicom(result, image, input_path: Path, staging: Path, store) -> tuple[dict, Optional[tuple]]:
+    """The results as DICOM objects in ``dicom/``, referencing the input series; an input that is not a DICOM
+    series is first written as one (``source/``) so that there is a series to reference."""
+    import pydicom
+    from XAIExplainLib.dicom import read_source_series, write_dicom_results, write_image_series
+
+    files = {}
+    if input_path.is_dir():
+        source = read_source_series(input_path)
+    else:
+        write_image_series(image, staging / "source")
+        source = read_source_series(staging / "source")
+        files["source"] = "source/"
+    export = write_dicom_results(result, source, staging / "dicom")
+    files.update({role: f"dicom/{path.name}" for role, path in export.files.items()})
+    if store is None:
+        return files, None
+    store.store([pydicom.dcmread(path) for path in export.files.values()], export.study_uid)
+    return files, (len(export.files), export.study_uid)
 
 
 def _print_summary(result, out: Path) -> None:
