@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
 #   make demo   the browser viewer on the bundled demo case and model (prints the address to open)
-#   make test   run the whole test suite (installs Debian's chromium and dicom3tools for the tests if missing)
+#   make test   run the whole test suite (installs Debian's chromium, dicom3tools and orthanc for the tests if missing)
 # Both create or refresh the project's virtual environment first (.venv, torch 2.13.0 CPU first).
 
 VENV   ?= .venv
@@ -37,11 +37,14 @@ explain-demo: $(STAMP)
 		--method gradcam --uncertainty tta --out out/demo
 
 # Debian packages the tests drive: chromium for the browser tests (playwright cannot download browsers
-# here) and dicom3tools, whose dciodvfy validates every DICOM object the tests write.
+# here), dicom3tools, whose dciodvfy validates every DICOM object the tests write, and Orthanc with its
+# DICOMweb plugin, the PACS of the round-trip tests (started by the tests themselves, on loopback).
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	[ -z "$$missing" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
 test: $(STAMP) system-packages

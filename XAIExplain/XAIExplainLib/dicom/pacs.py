@@ -228,7 +228,7 @@ class PacsClient:
             code = error.response.status_code if error.response is not None else "?"
             hint = " (check the credentials)" if code in (401, 403) else ""
             raise XAIInputError(f"The PACS at {self.url} answered HTTP {code} when asked to {what}{hint}.") from None
-        except requests.RequestException as error:
+        except (requests.ConnectionError, requests.Timeout, requests.TooManyRedirects) as error:
             raise XAIInputError(f"Could not reach the PACS at {self.url} to {what} ({type(error).__name__}).") from None
         except Exception as error:  # noqa: BLE001 - malformed JSON, multipart or DICOM from an untrusted server
             raise XAIInputError(f"The PACS at {self.url} sent an answer that is not valid DICOMweb when asked to "
