@@ -11,36 +11,24 @@ import pytest
 from viewer_harness import (
     ROOT,
     browser,
+    choose,
     free_port,
     heat_mask,
     open_page,
     outline_mask,
     quadrants,
+    run_and_wait,
+    shot,
     viewer_process,
     views_pixels,
 )
 
 DEMO_CASE = ROOT / "XAIExplain" / "XAIExplainLib" / "Resources" / "SampleData" / "brain-lesion-case1.nii.gz"
 DEMO_MODEL = "brain-lesion-classifier"
-#: Screenshots of each browser test, kept after the run for people to look at (out/ is not committed).
-SHOTS = ROOT / "out" / "test-screenshots"
-
-
-def _shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
-
-
 @pytest.fixture(scope="module")
 def viewer_url():
     with viewer_process([str(DEMO_CASE), "--model", DEMO_MODEL, "--port", str(free_port())]) as (url, _):
         yield url
-
-
-def _run(page, timeout_ms: int = 180_000) -> None:
-    page.click("#run")
-    page.wait_for_selector("#result-card", state="visible", timeout=timeout_ms)
-    time.sleep(2.0)  # the next rendered frames of the views
 
 
 def test_run_puts_the_heat_map_on_the_lesion_in_every_slice_view(viewer_url):
@@ -50,8 +38,8 @@ def test_run_puts_the_heat_map_on_the_lesion_in_every_slice_view(viewer_url):
         page = open_page(instance, viewer_url)
         before = views_pixels(page)
         assert heat_mask(before).sum() == 0, "heat colours before anything ran"
-        _run(page)
-        _shot(page, "run")
+        run_and_wait(page)
+        shot(page, "run")
         prediction = page.inner_text("#prediction").strip().lower()
         assert prediction.startswith("lesion") and not prediction.startswith("lesion free"), prediction
         assert "the peak is inside it" in page.inner_text("#ground-truth")
@@ -76,32 +64,27 @@ def test_a_bad_upload_shows_an_error_and_the_app_keeps_working(viewer_url, tmp_p
         page = open_page(instance, viewer_url)
         page.set_input_files("#upload", str(bad))
         page.wait_for_selector("#error", state="visible", timeout=30_000)
-        _shot(page, "bad-upload")
+        shot(page, "bad-upload")
         assert "Could not read scan.nii.gz" in page.inner_text("#error")
-        _run(page)  # the loaded case is still there and runs
+        run_and_wait(page)  # the loaded case is still there and runs
         assert page.inner_text("#prediction")
-
-
-def _choose(page, select_id: str, option: str) -> None:
-    page.locator(f"#{select_id}").click(force=True)  # vuetify's field overlays the input
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def test_switching_audience_rewrites_the_summary(viewer_url):
     with browser() as instance:
         page = open_page(instance, viewer_url)
-        _run(page)
-        _choose(page, "audience-select", "Radiologist")
+        run_and_wait(page)
+        choose(page, "audience-select", "Radiologist")
         time.sleep(1.0)
         radiologist = page.inner_text("#result-card")
-        _choose(page, "audience-select", "Teaching / patient")
+        choose(page, "audience-select", "Teaching / patient")
         page.wait_for_function("document.querySelector('#result-card').innerText.includes('A doctor decides')",
                                timeout=15_000)
         teaching = page.inner_text("#result-card")
-        _shot(page, "teaching")
+        shot(page, "teaching")
         assert teaching != radiologist
         assert "RAS" in radiologist and "RAS" not in teaching  # coordinates for the radiologist only
-        _choose(page, "audience-select", "Researcher")
+        choose(page, "audience-select", "Researcher")
         page.wait_for_function("!document.querySelector('#result-card').innerText.includes('A doctor decides')",
                                timeout=15_000)
         assert page.inner_text("#result-card") not in (radiologist, teaching)
@@ -110,12 +93,12 @@ def test_switching_audience_rewrites_the_summary(viewer_url):
 def test_robustness_tab_plots_the_sweep_and_the_report_downloads(viewer_url, tmp_path):
     with browser() as instance:
         page = open_page(instance, viewer_url)
-        _choose(page, "method-select", "Grad-CAM")  # the fast method keeps the sweep to seconds
-        _run(page)
+        choose(page, "method-select", "Grad-CAM")  # the fast method keeps the sweep to seconds
+        run_and_wait(page)
         page.click("#tab-robustness")
         page.click("#run-robustness")
         page.wait_for_selector("#robustness-plot", state="visible", timeout=300_000)
-        _shot(page, "robustness")
+        shot(page, "robustness")
         plot = page.locator("#plot-image")
         assert plot.is_visible()
         size = plot.evaluate("img => [img.naturalWidth, img.naturalHeight]")
@@ -123,7 +106,7 @@ def test_robustness_tab_plots_the_sweep_and_the_report_downloads(viewer_url, tmp
         assert "severity" in " ".join(page.locator("#robustness-result").all_inner_texts())
         page.click("#plot-close")
         page.click("#tab-explain")
-        _choose(page, "audience-select", "Radiologist")  # the presenter scene is shared with earlier tests
+        choose(page, "audience-select", "Radiologist")  # the presenter scene is shared with earlier tests
         page.click("#make-report")
         page.wait_for_selector("#download-report", state="visible", timeout=300_000)
         with page.expect_download() as download:
@@ -138,7 +121,7 @@ def test_presenter_mode_second_browser_follows(viewer_url):
     with browser() as instance:
         teacher = open_page(instance, viewer_url)
         student = open_page(instance, viewer_url)
-        _run(teacher)
+        run_and_wait(teacher)
         student.wait_for_selector("#result-card", state="visible", timeout=30_000)
         assert student.inner_text("#prediction") == teacher.inner_text("#prediction")
 
@@ -169,7 +152,7 @@ def test_per_student_mode_keeps_sessions_apart():
         first = open_page(instance, url)
         second = open_page(instance, url)
         assert first.url.split("/")[2] != second.url.split("/")[2], "both students were sent to the same viewer"
-        _run(first)
+        run_and_wait(first)
         time.sleep(2.0)
         assert not second.is_visible("#result-card"), "one student's result appeared in another's viewer"
         assert heat_mask(views_pixels(second)).sum() == 0
@@ -188,7 +171,7 @@ def test_a_segmentation_models_structures_can_be_picked_and_explained(tmp_path):
     with viewer_process([str(case), "--model", str(bundle), "--port", str(free_port())]) as (url, _):
         with browser() as instance:
             page = open_page(instance, url)
-            _run(page)
+            run_and_wait(page)
             picker = page.locator("#structure-select")
             picker.wait_for(state="visible", timeout=30_000)
             first = _selected(page, "structure-select")
@@ -213,7 +196,7 @@ def test_a_segmentation_models_structures_can_be_picked_and_explained(tmp_path):
                 pytest.fail("the views did not change after another structure was picked")
             assert _selected(page, "structure-select").startswith(other.split(" (")[0])
             assert f"Main evidence for {other.split(' (')[0]} (" in page.inner_text("#summary")
-            _shot(page, "structure-picker")
+            shot(page, "structure-picker")
 
 
 def _selected(page, select_id: str) -> str:
@@ -241,6 +224,6 @@ def test_a_multi_channel_model_gets_one_upload_per_further_volume(tmp_path):
             page.set_input_files("#channel-upload-2", str(tmp_path / "flair.nii.gz"))
             page.wait_for_function(
                 "() => document.querySelector('#channel-status-2').innerText.includes('Loaded: flair')", timeout=60_000)
-            _run(page)
+            run_and_wait(page)
             assert page.locator("#error").is_hidden()
-            _shot(page, "multi-channel")
+            shot(page, "multi-channel")

@@ -17,6 +17,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: Screenshots of each browser test, kept after the run for people to look at (out/ is not committed).
+SHOTS = ROOT / "out" / "test-screenshots"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 
@@ -117,3 +119,20 @@ def quadrants(rgb: np.ndarray) -> dict[str, np.ndarray]:
     h, w = rgb.shape[:2]
     return {"coronal": rgb[: h // 2, : w // 2], "3d": rgb[: h // 2, w // 2:],
             "sagittal": rgb[h // 2:, : w // 2], "axial": rgb[h // 2:, w // 2:]}
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def run_and_wait(page, timeout_ms: int = 180_000) -> None:
+    """Press Run and wait for the result card (and the views' next frames)."""
+    page.click("#run")
+    page.wait_for_selector("#result-card", state="visible", timeout=timeout_ms)
+    time.sleep(2.0)
+
+
+def choose(page, select_id: str, option: str) -> None:
+    page.locator(f"#{select_id}").click(force=True)  # vuetify's field overlays the input
+    page.get_by_role("option", name=option, exact=True).click()

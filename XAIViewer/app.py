@@ -23,6 +23,7 @@ from XAIExplainLib.tasks import load_catalogue, methods_for_task, models_for_tas
 from XAIExplainLib.pipeline import predicted_structures
 from XAIExplainLib.progress import CancelToken
 
+from .dicom_exchange import open_pacs_study, results_zip, send_results, study_choices
 from .security import StateGuard, limit_websocket_messages, number_in, one_of
 from .session import MAX_UPLOAD_BYTES, RunSettings, ViewerSession, sample_cases
 from .ui import build_ui
@@ -45,7 +46,7 @@ class XAIViewerApp:
     """One trame server, one Slicer scene and the XAIExplain workflow on it."""
 
     def __init__(self, server: Any = None, case: Optional[str] = None, model: Optional[str] = None,
-                 trust_model: bool = False) -> None:
+                 trust_model: bool = False, pacs: Any = None) -> None:
         # An upload is the largest message a browser sends (plus msgpack framing).
         limit_websocket_messages(MAX_UPLOAD_BYTES + 2**20)
         self.server = get_server(server, client_type="vue3")
@@ -61,6 +62,8 @@ class XAIViewerApp:
         self._busy = False
         self._initial_case = case
         self._initial_model = model
+        #: The PACS the person who started the viewer named (``--pacs``): the browser cannot name another.
+        self.pacs = pacs
 
         self._init_state()
         self.session.allowed_models = {m["value"] for m in self.state.models} | ({model} if model else set())
@@ -126,6 +129,16 @@ class XAIViewerApp:
             "structure": None,
             # A multi-channel model's inputs after the first: [{"number", "label", "loaded"}], from its card.
             "channel_inputs": [],
+            # DICOM: the PACS study list (as the PACS sent it), the case's origin, and the results as DICOM.
+            "pacs_enabled": self.pacs is not None,
+            "pacs_dialog": False,
+            "pacs_studies": [],
+            "pacs_study": None,
+            "from_pacs": False,
+            "pacs_case": "",
+            "pacs_message": "",
+            "dicom_href": "",
+            "dicom_name": "",
         })
 
     def _guard_state(self) -> None:
@@ -143,6 +156,8 @@ class XAIViewerApp:
             "opacity": number_in(0.0, 1.0),
             "threshold": number_in(0.0, 0.95),
             "plot_dialog": lambda value: isinstance(value, bool),
+            "pacs_dialog": lambda value: isinstance(value, bool),
+            "pacs_study": lambda value: value is None or one_of(lambda: state.pacs_studies)(value),
             "plot_src": lambda value: value == "" or value in [state[f"{k}_png"] for k in _CHECK_KINDS],
             # The page's own upload guard writes this one message (see ui._UPLOAD_GUARD).
             "error": lambda value: isinstance(value, str) and len(value) < 120
@@ -220,6 +235,61 @@ class XAIViewerApp:
 
         self._start(lambda _image, progress, cancel: self.session.read_upload(name, content), show)
 
+    # --- DICOM and PACS ---
+
+    def list_pacs_studies(self) -> None:
+        """Ask the PACS for its studies and offer them in a dialog."""
+        if self.pacs is None:
+            return
+        self._start(lambda _image, progress, cancel: study_choices(self.pacs.studies()), self._offer_studies,
+                    needs_case=False)
+
+    def _offer_studies(self, choices: list) -> None:
+        self.state.pacs_studies = choices
+        self.state.pacs_study = choices[0]["value"] if choices else None
+        self.state.pacs_dialog = bool(choices)
+        if not choices:
+            self.state.error = "The PACS holds no studies."
+
+    def open_pacs_study(self) -> None:
+        """Fetch the chosen study's image series and make it the case."""
+        study = self.state.pacs_study
+        if self.pacs is None or study not in [choice["value"] for choice in self.state.pacs_studies]:
+            return
+        self.state.pacs_dialog = False
+        self._start(lambda _image, progress, cancel: open_pacs_study(self.pacs, study), self._show_pacs_case,
+                    needs_case=False)
+
+    def _show_pacs_case(self, case) -> None:
+        self._show_case(self.session.show_dicom_case(case))
+        self.state.from_pacs, self.state.pacs_case = True, f"{case.name} ({case.image.GetSize()[2]} slices)"
+
+    def save_dicom(self) -> None:
+        """The results as DICOM Parametric Maps, SEG and SR in a .zip to download."""
+        result, case = self.session.result, self.session.dicom_case
+        if result is None:
+            return
+        checks = self.session.facts.checks_run if self.session.facts is not None else []
+        headers = case.headers if case is not None else None
+        self._start(lambda image, progress, cancel: results_zip(result, image, headers, checks), self._offer_dicom)
+
+    def _offer_dicom(self, archive: bytes) -> None:
+        self.state.dicom_href = "data:application/zip;base64," + base64.b64encode(archive).decode()
+        self.state.dicom_name = f"{self.session.case_name or 'case'}-xai-dicom.zip"
+
+    def send_to_pacs(self) -> None:
+        """Store the results into the study the case came from."""
+        result, case = self.session.result, self.session.dicom_case
+        if self.pacs is None or result is None or case is None:
+            return
+        checks = self.session.facts.checks_run if self.session.facts is not None else []
+
+        def stored(count: int) -> None:
+            self.state.pacs_message = f"Sent {count} result objects to the PACS (study of {case.name})."
+
+        self._start(lambda _image, progress, cancel: send_results(self.pacs, result, case, checks), stored,
+                    needs_case=False)
+
     def _show_channel_inputs(self, model: Optional[str] = None, **_: Any) -> None:
         """One upload field per input volume the model takes after the case, named as its card names them."""
         try:
@@ -237,6 +307,7 @@ class XAIViewerApp:
             self.state.has_reference = has_reference
             self.state.error = ""
             self.state.report_href = ""
+            self.state.from_pacs, self.state.pacs_message, self.state.dicom_href = False, "", ""
             for kind in _CHECK_KINDS:
                 self.state[f"{kind}_png"], self.state[f"{kind}_lines"] = "", []
             self.state.prediction_text = ""
@@ -327,6 +398,7 @@ class XAIViewerApp:
         self._show_summary(self.state.audience)
         self.state.has_result = True
         self.state.report_href = ""
+        self.state.dicom_href, self.state.pacs_message = "", ""
         self.state.structures = structure_choices(result)
         self.state.structure = result.explanation["target"]["class_name"] if self.state.structures else None
 

@@ -27,6 +27,11 @@ def add_viewer_command(commands: Any) -> None:
     viewer.add_argument("--max-sessions", type=int, default=40, help="per-student: most viewers at once (default 40)")
     viewer.add_argument("--idle-timeout", type=int, default=0,
                         help="stop after this many seconds with no browser connected (0: never)")
+    viewer.add_argument("--pacs", metavar="URL",
+                        help="DICOMweb address of a PACS to offer under Open from PACS and Send results to PACS "
+                             "(credentials: SLICER_XAI_PACS_USER/_PASSWORD, _TOKEN or --pacs-credentials)")
+    viewer.add_argument("--pacs-credentials", metavar="FILE",
+                        help='JSON file {"user": ..., "password": ...} or {"token": ...}, readable by you only')
     viewer.set_defaults(handler=run_viewer)
 
 
@@ -43,6 +48,7 @@ def run_viewer(args: argparse.Namespace) -> int:
         from XAIExplainLib.models import read_model_spec, resolve_model_path
 
         read_model_spec(resolve_model_path(args.model))
+    pacs = _pacs_client(args)  # a bad address or credentials file is refused before the server starts
     port = args.port or free_port(args.host)
     _check_port_free(args.host, port)
     # A token on every address, loopback included: any web page the user visits can reach 127.0.0.1.
@@ -52,16 +58,26 @@ def run_viewer(args: argparse.Namespace) -> int:
         from .launcher import Launcher, run_launcher
 
         run_launcher(Launcher(args.host, args.input, args.model, token, args.max_sessions, args.idle_timeout or 300,
-                              args.trust_bundle), port, url)
+                              args.trust_bundle, args.pacs, args.pacs_credentials), port, url)
         return 0
     from .app import XAIViewerApp
 
-    app = XAIViewerApp(case=args.input, model=args.model, trust_model=args.trust_bundle)
+    app = XAIViewerApp(case=args.input, model=args.model, trust_model=args.trust_bundle, pacs=pacs)
     install_token_check(app.server, token)
     app.ctrl.on_server_ready.add(lambda **_: print(f"SlicerXAI viewer: open {url}  (Ctrl+C to stop)", flush=True))
     app.server.start(host=args.host, port=port, open_browser=False, show_connection_info=False,
                      timeout=args.idle_timeout)
     return 0
+
+
+def _pacs_client(args: argparse.Namespace):
+    if args.pacs_credentials and not args.pacs:
+        raise XAIInputError("--pacs-credentials needs --pacs URL.")
+    if not args.pacs:
+        return None
+    from XAIExplainLib.dicom.pacs import PacsClient, pacs_credentials
+
+    return PacsClient(args.pacs, pacs_credentials(args.pacs_credentials))
 
 
 def free_port(host: str) -> int:

@@ -36,6 +36,9 @@ class Launcher:
     max_sessions: int = 40
     idle_timeout_s: int = 300
     trust_model: bool = False
+    #: The PACS every student's viewer offers (its credentials reach them through the environment or file).
+    pacs: Optional[str] = None
+    pacs_credentials: Optional[str] = None
     processes: list = field(default_factory=list)
     _starting: int = 0
 
@@ -84,6 +87,10 @@ class Launcher:
             args += ["--model", self.model]
         if self.trust_model:
             args.append("--trust-bundle")
+        if self.pacs:
+            args += ["--pacs", self.pacs]
+        if self.pacs_credentials:
+            args += ["--pacs-credentials", self.pacs_credentials]
         # Each student's viewer has its own secret, passed in its environment (not on its command line).
         env = {**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: new_token()}
         process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,

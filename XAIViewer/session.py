@@ -24,6 +24,7 @@ from XAIExplainLib.progress import CancelToken, ProgressCallback
 from XAIExplainLib.tasks import get_task, task_for_model
 
 from .checks import TrustChecks
+from .dicom_exchange import DicomCase
 
 __all__ = ["RunSettings", "ViewerSession", "sample_cases", "MAX_UPLOAD_BYTES", "UPLOAD_SUFFIXES"]
 
@@ -69,6 +70,8 @@ class ViewerSession:
     #: A multi-channel model's input volumes after the first, by channel number (2, 3, …), with their names.
     channels: dict = field(default_factory=dict)
     _models: dict = field(default_factory=dict)
+    #: The case's DICOM series (headers and UIDs) when it was opened from the PACS: what results reference.
+    dicom_case: Optional[DicomCase] = None
     #: Where the viewer itself last put the cursor (a case's centre, an evidence peak): not the user's choice.
     _placed_cursor: Optional[tuple] = None
 
@@ -89,6 +92,12 @@ class ViewerSession:
         crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
         self._placed_cursor = tuple(crosshair.GetCrosshairRAS()) if crosshair is not None else None
         return self.input_node
+
+    def show_dicom_case(self, case: DicomCase) -> object:
+        """Replace the scene's case with a series opened from the PACS, remembering where it came from."""
+        node = self.show_image(case.image, case.name)
+        self.dicom_case = case
+        return node
 
     def show_reference(self, mask_path: str | os.PathLike) -> None:
         """Outline a ground-truth lesion mask of the current case (bundled sample cases have one)."""
@@ -136,6 +145,7 @@ class ViewerSession:
             mrml.removeResultNode(self.scene, self.input_node)
         self.input_node, self.result, self.nodes, self.facts, self.reference_mask = None, None, None, None, None
         self.settings = None
+        self.dicom_case = None
         self.channels.clear()
         self.checks.clear()
         self.cache.clear()

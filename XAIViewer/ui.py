@@ -48,6 +48,7 @@ def build_ui(app: Any) -> SinglePageWithDrawerLayout:
                 with html.Div(v_show=("panel === 'checks'",)):
                     _checks_panel(app)
                 _progress_and_errors(app)
+            _pacs_dialog(app)
             with v3.VDialog(v_model=("plot_dialog",), max_width=1200):
                 with v3.VCard():
                     html.Img(src=("plot_src",), style="width: 100%;", id="plot-image")
@@ -71,6 +72,11 @@ def _explain_panel(app: Any) -> None:
         density="compact", hide_details=True, classes="mb-3", prepend_icon="mdi-upload",
         update_modelValue=_UPLOAD_GUARD, id="upload",
     )
+    v3.VBtn("Open from PACS", v_show=("pacs_enabled",), click=app.list_pacs_studies, disabled=("running",),
+            prepend_icon="mdi-server-network", variant="tonal", block=True, size="small", classes="mb-3",
+            id="open-pacs")
+    html.Div("Open from the PACS: {{ pacs_case }}", v_show=("from_pacs",), classes="text-caption mb-2 mt-n2",
+             id="pacs-case")
     v3.VSelect(label="Clinical task", items=("tasks",), v_model=("task",), density="compact",
                hide_details=True, classes="mb-2", id="task-select")
     v3.VSelect(label="Model", items=("models",), v_model=("model",), density="compact",
@@ -109,6 +115,14 @@ def _explain_panel(app: Any) -> None:
             v3.VBtn("Make report", click=app.make_report, disabled=("running",), size="small", id="make-report")
             html.A("Download report", href=("report_href",), download=("report_name",), v_show=("report_href",),
                    classes="text-body-2 ml-2", id="download-report")
+        with v3.VCardActions():
+            v3.VBtn("Save as DICOM", click=app.save_dicom, disabled=("running",), size="small", id="save-dicom")
+            v3.VBtn("Send results to PACS", click=app.send_to_pacs, v_show=("from_pacs",), disabled=("running",),
+                    size="small", id="send-pacs")
+            html.A("Download DICOM (.zip)", href=("dicom_href",), download=("dicom_name",), v_show=("dicom_href",),
+                   classes="text-body-2 ml-2", id="download-dicom")
+        v3.VCardText("{{ pacs_message }}", v_show=("pacs_message",), classes="text-caption text-green-lighten-2",
+                     id="pacs-message")
 
     html.Div("Green outline: the reference lesion drawn when this case was made (ground truth).",
              v_show=("has_reference",), classes="text-caption text-green-lighten-2 mb-2")
@@ -118,6 +132,24 @@ def _explain_panel(app: Any) -> None:
     html.Div("Hide evidence below (fraction of the strongest)", classes="text-caption")
     v3.VSlider(v_model=("threshold",), min=0, max=0.95, step=0.05, density="compact",
                hide_details=True, thumb_label=True, id="threshold")
+
+
+def _pacs_dialog(app: Any) -> None:
+    """The PACS's studies (patient ID, date, modalities, description); the chosen one's image series opens."""
+    with v3.VDialog(v_model=("pacs_dialog",), max_width=720):
+        with v3.VCard(id="pacs-dialog"):
+            v3.VCardTitle("Open a study from the PACS")
+            v3.VCardSubtitle("Research and teaching only — results go back as new series marked "
+                             "'research use - not for clinical use'.")
+            with v3.VCardText(id="pacs-studies"):
+                with v3.VRadioGroup(v_model=("pacs_study",), density="compact", hide_details=True):
+                    v3.VRadio(v_for="study in pacs_studies", key=("study.value",), label=("study.title",),
+                              value=("study.value",))
+            with v3.VCardActions():
+                v3.VSpacer()
+                v3.VBtn("Cancel", click="pacs_dialog = false", id="pacs-cancel")
+                v3.VBtn("Open", color="primary", click=app.open_pacs_study, disabled=("!pacs_study",),
+                        id="pacs-open")
 
 
 def _robustness_panel(app: Any) -> None:

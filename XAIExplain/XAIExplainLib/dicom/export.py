@@ -33,6 +33,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from .. import __version__
+from ..audiences.trust import FAILED, NOT_RUN, PASSED
 from ..errors import XAIInputError
 from ..imageio import dicom_series_files
 from ..review import DEFAULT_REVIEW_PERCENTILE, review_regions
@@ -46,9 +47,8 @@ MANUFACTURER = "SlicerXAI"
 _SOFTWARE = f"slicer-xai {__version__}"
 _NO_UNITS = codes.UCUM.NoUnits
 _LESION_WORDS = ("lesion", "tumour", "tumor", "nodule", "metasta", "mass")
-_STATUS = {  # check status -> coded value
-    "pass": ("PASS", "Passed"), "warn": ("WARN", "Warning"), "fail": ("FAIL", "Failed"),
-    "unknown": ("NOTASSESSED", "Not assessed"),
+_STATUS = {  # check status (audiences.trust) -> coded value
+    PASSED: ("PASS", "Passed"), FAILED: ("FAIL", "Failed"), NOT_RUN: ("NOTRUN", "Not run"),
 }
 _POSITION_TOLERANCE_MM = 1e-2
 
@@ -304,13 +304,12 @@ def _checks_group(applicability: Sequence[dict], checks: Sequence, template):
     evaluations, measurements = [], []
     for entry in applicability:
         inside = entry.get("inside")
-        status = "unknown" if inside is None else ("pass" if inside else "fail")
+        status = NOT_RUN if inside is None else (PASSED if inside else FAILED)
         name = _private(f"APPL-{entry.get('check', '')}", f"Applicability: {entry.get('check', '')}")
         evaluations.append(hd.sr.QualitativeEvaluation(name=name, value=_private(*_STATUS[status])))
     for check in checks:
         name = _private(f"TRUST-{check.name}", f"Trust check: {check.name}")
-        evaluations.append(hd.sr.QualitativeEvaluation(name=name, value=_private(*_STATUS.get(check.status,
-                                                                                              _STATUS["unknown"]))))
+        evaluations.append(hd.sr.QualitativeEvaluation(name=name, value=_private(*_STATUS[check.status])))
         if check.value is not None:
             measurements.append(hd.sr.Measurement(name=name, value=float(check.value), unit=_NO_UNITS))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
