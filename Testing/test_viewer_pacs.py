@@ -43,6 +43,10 @@ def test_open_from_pacs_explain_and_send_the_results_back(pacs_with_demo_study, 
         assert "XAI-VIEWER-01" in listing and "Brain MRI - lesion follow-up" in listing
         time.sleep(1.0)  # the dialog's fade-in
         shot(page, "pacs-study-list")
+        # A page that forges the list and the choice changes only its own copy: the server opens what it offered.
+        page.evaluate("() => { window.trame.state.set('pacs_studies', [{title: 'forged', value: '1.2.3.4'}]);"
+                      " window.trame.state.set('pacs_study', '1.2.3.4'); }")
+        time.sleep(0.5)
         page.click("#pacs-open")
         page.wait_for_selector("#pacs-case", state="visible", timeout=120_000)
         assert "Brain MR T1 (demo) (83 slices)" in page.inner_text("#pacs-case")
@@ -74,10 +78,9 @@ def test_open_from_pacs_explain_and_send_the_results_back(pacs_with_demo_study, 
         assert report.StudyInstanceUID == identity.study_uid
 
 
-def test_the_browser_cannot_open_a_study_the_pacs_did_not_list(pacs_with_demo_study):
-    from XAIViewer.dicom_exchange import study_choices
+def test_a_pacs_address_with_a_password_is_refused_before_the_viewer_starts():
+    from test_cli import run_cli
 
-    server, identity = pacs_with_demo_study
-    choices = study_choices(PacsClient(server.dicomweb, (USER, PASSWORD)).studies())
-    assert [c["value"] for c in choices] == [identity.study_uid]
-    assert choices[0]["title"].startswith("XAI-VIEWER-01 · ")
+    run = run_cli("viewer", "--pacs", f"http://{USER}:{PASSWORD}@127.0.0.1:9/dicom-web", "--port", str(free_port()))
+    assert run.returncode == 2 and "must not hold a user name or password" in run.stderr
+    assert PASSWORD not in run.stderr + run.stdout and "SlicerXAI viewer: open" not in run.stdout

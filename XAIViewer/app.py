@@ -86,7 +86,7 @@ class XAIViewerApp:
     def _init_state(self) -> None:
         models = [m for m in list_bundled_models() if "error" not in m]
         cases = sample_cases()
-        self.state.update({
+        initial = {
             "trame__title": "SlicerXAI",
             "models": [{"title": m.get("title", m["name"]), "value": m["name"]} for m in models]
             + ([{"title": _model_title(self._initial_model), "value": self._initial_model}]
@@ -139,7 +139,11 @@ class XAIViewerApp:
             "pacs_message": "",
             "dicom_href": "",
             "dicom_name": "",
-        })
+        }
+        self.state.update(initial)
+        # The keys this application owns, for the guard: trame's state.to_dict() is still empty at this point
+        # (it fills when the server starts), which left every key open to the browser.
+        self._owned_keys = set(initial)
 
     def _guard_state(self) -> None:
         """The browser may change only the panel's choices, and only to what the panel offers."""
@@ -163,7 +167,7 @@ class XAIViewerApp:
             "error": lambda value: isinstance(value, str) and len(value) < 120
             and value.startswith("This file is larger than "),
         }
-        StateGuard(set(self.state.to_dict()), checks).install(self.server)
+        StateGuard(self._owned_keys, checks).install(self.server)
 
     def _default_task(self) -> Optional[str]:
         try:
