@@ -1,3 +1,4 @@
+import dataclasses
 import enum
 import functools
 import json
@@ -218,6 +219,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetSelected)
         self.ui.clinicalTaskComboBox.connect("currentIndexChanged(int)", self.onClinicalTaskSelected)
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+        self.ui.saveDicomButton.connect("clicked(bool)", self.onSaveDicom)
         self.ui.progressBar.hide()
         self.ui.statusLabel.text = ""
         self.ui.summaryTextBrowser.setPlainText("")
@@ -365,6 +367,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters.inputVolume and parameters.outputSaliency:
             self.logic.updateDisplay(parameters)
         self.ui.methodComboBox.toolTip = self.logic.methodAdvice(parameters.clinicalTask, parameters.method.value)
+        self.ui.saveDicomButton.enabled = self.logic.lastResult is not None and not self._run \
+            and parameters.inputVolume is not None
         if self._run:
             return
         if self._unsupported:
@@ -399,6 +403,16 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.ui.statusLabel.text = _("Starting...")
+
+    def onSaveDicom(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder for the DICOM results"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to save the results as DICOM."), waitCursor=True):
+            saved = self.logic.saveResultsAsDicom(self._parameterNode, folder)
+            self.ui.statusLabel.text = _("Saved {count} DICOM objects in {folder}{imported}.").format(
+                count=len(saved.files), folder=folder,
+                imported=_(" and added them to the DICOM database") if saved.imported else "")
 
     def _onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = int(round(100 * fraction))
@@ -861,6 +875,57 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         parameters.outputUncertainty = nodes.uncertainty
         self.lastResult = result
         return nodes
+
+    def saveResultsAsDicom(self, parameters, folder: str):
+        """Write the last result as DICOM Parametric Maps, SEG and a TID 1500 SR into ``folder`` (new or empty).
+
+        They reference the input's own series when it was loaded from the DICOM database (its
+        ``DICOM.instanceUIDs``); otherwise the volume is first written as a new series (``source/``). Where
+        Slicer has a DICOM database, the objects are imported into it. Returns the engine's ``DicomExport``
+        with ``imported`` set.
+        """
+        import SimpleITK as sitk
+
+        from XAIExplainLib import mrml
+        from XAIExplainLib.dicom import order_like_image, read_source_series, write_dicom_results, write_image_series
+        from XAIExplainLib.imageio import staged_output_dir
+
+        if self.lastResult is None or parameters.inputVolume is None:
+            raise ValueError(_("Run the explanation first: there is no result to save."))
+        image = mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32)
+        headers = self._sourceDicomHeaders(parameters.inputVolume)
+        with staged_output_dir(folder) as staging:
+            if headers is None:
+                write_image_series(image, os.path.join(staging, "source"))
+                headers = read_source_series(os.path.join(staging, "source"))
+            export = write_dicom_results(self.lastResult, order_like_image(headers, image),
+                                         os.path.join(staging, "dicom"))
+        files = {role: pathlib.Path(folder, "dicom", pathlib.Path(path).name) for role, path in export.files.items()}
+        return dataclasses.replace(export, files=files, imported=self._importIntoDicomDatabase(folder))
+
+    @staticmethod
+    def _sourceDicomHeaders(volumeNode) -> Optional[list]:
+        """The headers of the DICOM files a volume was loaded from (Slicer's DICOM loader records their SOP
+        Instance UIDs on the node), or None for a volume that did not come from the DICOM database."""
+        import pydicom
+
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return None
+        paths = [database.fileForInstance(uid) for uid in uids]
+        if not all(paths):
+            return None
+        return [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+
+    @staticmethod
+    def _importIntoDicomDatabase(folder: str) -> bool:
+        if getattr(slicer, "dicomDatabase", None) is None or not hasattr(slicer, "app"):
+            return False
+        from DICOMLib import DICOMUtils
+
+        DICOMUtils.importDicom(folder)
+        return True
 
     def updateDisplay(self, parameters) -> None:
         """Follow opacity and threshold changes on the shown results."""

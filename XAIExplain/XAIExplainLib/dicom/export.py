@@ -38,7 +38,8 @@ from ..errors import XAIInputError
 from ..imageio import dicom_series_files
 from ..review import DEFAULT_REVIEW_PERCENTILE, review_regions
 
-__all__ = ["RESEARCH_USE", "PRIVATE_SCHEME", "DicomExport", "read_source_series", "write_dicom_results"]
+__all__ = ["RESEARCH_USE", "PRIVATE_SCHEME", "DicomExport", "order_like_image", "read_source_series",
+           "write_dicom_results"]
 
 RESEARCH_USE = "research use - not for clinical use"
 #: Private coding scheme for concepts no standard code exists for (PS3.16 8.2: "99" prefix).
@@ -60,11 +61,31 @@ class DicomExport:
     files: dict[str, Path]
     study_uid: str
     series_uids: dict[str, str]
+    #: Whether the objects were also added to a DICOM database (Slicer's), by whoever wrote them there.
+    imported: bool = False
 
 
 def read_source_series(folder: str | os.PathLike) -> list[Dataset]:
     """The headers of the DICOM series in ``folder``, in the order slice ``k`` of its image is file ``k``."""
     return [pydicom.dcmread(path, stop_before_pixels=True) for path in dicom_series_files(folder)]
+
+
+def order_like_image(headers: Sequence[Dataset], image: sitk.Image) -> list[Dataset]:
+    """``headers`` (one per slice, any order: e.g. a DICOM database's files of a volume) in the order of
+    ``image``'s slices: header ``k`` is the one whose Image Position (Patient) is slice ``k``'s first voxel."""
+    columns, rows, slices = image.GetSize()
+    if len(headers) != slices:
+        raise XAIInputError(f"The volume has {slices} slices but its DICOM series {len(headers)} images.")
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
+    ordered = []
+    for k in range(slices):
+        distance = np.abs(positions - np.array(image.TransformIndexToPhysicalPoint((0, 0, k)))).max(axis=1)
+        best = int(np.argmin(distance))
+        if distance[best] > _POSITION_TOLERANCE_MM:
+            raise XAIInputError("The volume's slices are not where its DICOM series' images are (was it resampled "
+                                "or cropped?); results can only reference the series it was read from unchanged.")
+        ordered.append(headers[best])
+    return ordered
 
 
 def write_dicom_results(
