@@ -148,3 +148,12 @@ def classifier_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def segmenter_bundle(tmp_path_factory) -> Path:
     return write_bundle(tmp_path_factory.mktemp("models") / "tiny-segmenter", SEGMENTER_DEF, build(SEGMENTER_DEF), SEGMENTER_XAI)
+
+
+@pytest.fixture
+def explainModule(monkeypatch):
+    """The XAIExplain module file, imported with the stand-ins for what slicer-core lacks (one test's worth)."""
+    from slicer_standins import importModule
+
+    yield importModule(monkeypatch, "XAIExplain", [ROOT / "XAIExplain"])
+    sys.modules.pop("XAIExplain", None)

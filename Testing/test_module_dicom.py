@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
-import sys
 import types
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -15,19 +13,11 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 
-from slicer_standins import explainParameters, importModule  # noqa: E402
+from slicer_standins import explainParameters  # noqa: E402
 from XAIExplainLib import mrml  # noqa: E402
 from XAIExplainLib.dicom import write_image_series  # noqa: E402
 from XAIExplainLib.errors import XAIInputError  # noqa: E402
 from XAIExplainLib.resources import sample_case_path  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def explainModule(monkeypatch):
-    yield importModule(monkeypatch, "XAIExplain", [ROOT / "XAIExplain"])
-    sys.modules.pop("XAIExplain", None)
 
 
 def _explained(module, scene, uncertainty="NONE"):

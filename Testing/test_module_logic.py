@@ -18,16 +18,8 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from slicer_standins import explainParameters, importModule  # noqa: E402
+from slicer_standins import explainParameters  # noqa: E402
 from XAIExplainLib.background import ProcessJob, ThreadJob  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def explainModule(monkeypatch):
-    yield importModule(monkeypatch, "XAIExplain", [ROOT / "XAIExplain"])
-    sys.modules.pop("XAIExplain", None)
 
 
 def test_undecodable_output_does_not_stop_the_reader():

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import math
 import secrets
 from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
-__all__ = ["is_loopback", "new_token", "tokens_match", "token_cookie", "install_token_check", "is_same_origin",
+__all__ = ["new_token", "tokens_match", "token_cookie", "install_token_check", "is_same_origin",
            "limit_websocket_messages", "StateGuard", "TOKEN_ENV"]
 
 logger = logging.getLogger(__name__)
@@ -27,16 +26,6 @@ logger = logging.getLogger(__name__)
 #: The environment variable a viewer process reads its token from (never the command line, which
 #: other users of the machine can read, and where a token starting with "-" looks like an option).
 TOKEN_ENV = "SLICER_XAI_TOKEN"
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def new_token() -> str:

@@ -11,7 +11,6 @@ http to this machine.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import requests
 from pydicom.dataset import Dataset
 
 from ..errors import XAIInputError
+from ..network import is_loopback
 
 __all__ = ["PacsClient", "StudySummary", "SeriesSummary", "pacs_credentials", "CREDENTIAL_VARIABLES"]
 
@@ -129,18 +129,9 @@ def check_pacs_url(url: str, with_credentials: bool) -> str:
                             "SLICER_XAI_PACS_USER and SLICER_XAI_PACS_PASSWORD or a credentials file instead.")
     if parts.query or parts.fragment:
         raise XAIInputError("--pacs is the DICOMweb base address, without ?query or #fragment.")
-    if with_credentials and parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if with_credentials and parts.scheme == "http" and not is_loopback(parts.hostname):
         raise XAIInputError(f"Credentials are sent to {parts.hostname} over https only; plain http is for this machine.")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class PacsClient:
