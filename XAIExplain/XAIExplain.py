@@ -48,6 +48,9 @@ TORCH_REQUIREMENT = ">=2.8,<=2.13.0"
 MINIMUM_TORCH_VERSION = (2, 8)
 #: Everything else the engine needs (torch comes from the PyTorch extension, and is held at its version).
 PYTHON_REQUIREMENTS = ["monai==1.6.1", "captum==0.9.0", "scipy>=1.11", "nibabel>=5", "einops>=0.8", "PyYAML>=6"]
+#: What Save as DICOM needs besides the engine, installed only when it is first used (highdicom needs pydicom 3,
+#: which may update the pydicom Slicer ships).
+DICOM_REQUIREMENTS = ["highdicom==0.28.2"]
 
 
 #
@@ -409,6 +412,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to save the results as DICOM."), waitCursor=True):
+            if not self.logic.ensureDicomDependencies(askConfirmation=True):
+                return
             saved = self.logic.saveResultsAsDicom(self._parameterNode, folder)
             self.ui.statusLabel.text = _("Saved {count} DICOM objects in {folder}{imported}.").format(
                 count=len(saved.files), folder=folder,
@@ -664,6 +669,24 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         stillMissing = self.dependenciesMissing()
         if stillMissing:
             raise RuntimeError(_("Could not install: {packages}.").format(packages=", ".join(stillMissing)))
+        return True
+
+    @staticmethod
+    def ensureDicomDependencies(askConfirmation: bool = True) -> bool:
+        """Install highdicom for Save as DICOM on first use; False if the user declined."""
+        import importlib.util
+
+        if importlib.util.find_spec("highdicom") is not None:
+            return True
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+            _("Save as DICOM needs the Python package {packages} (it updates pydicom to version 3). Install it "
+              "now?").format(packages=", ".join(DICOM_REQUIREMENTS))
+        ):
+            return False
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(DICOM_REQUIREMENTS)
+        if importlib.util.find_spec("highdicom") is None:
+            raise RuntimeError(_("Could not install: {packages}.").format(packages=", ".join(DICOM_REQUIREMENTS)))
         return True
 
     @staticmethod
