@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .robustness import add_robustness_commands
 
     add_robustness_commands(commands)  # robustness, sanity, faithfulness (XAIRobustness)
+    from .audit import add_audit_command
+
+    add_audit_command(commands)  # a whole cohort on Dask
     return parser
 
 
