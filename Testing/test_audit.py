@@ -138,3 +138,54 @@ def test_a_worker_killed_mid_run_loses_nothing_and_counts_no_case_twice(cohort, 
     assert sorted(lines) == sorted(set(lines)) == ["broken", "case0", "case1", "case2", "case3", "case4"]
     assert all(r["status"] == "ok" for r in rows if r["case"] != "broken")
     assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_report_ranks_flagged_cases_with_their_key_slice_and_viewer_command(audited):
+    out, _ = audited
+    text = (out / "audit-report.html").read_text(encoding="utf-8")
+    assert "Failure-case explorer" in text and "AUC (finding probability vs label)" in text
+    assert text.count("data:image/png;base64,") >= 1 and "slicer-xai viewer " in text
+    assert "<h3 style='margin:0'>broken</h3>" in text and "failed" in text
+
+
+def test_flags_rank_the_most_serious_first_and_metrics_carry_intervals():
+    from XAIRobustnessLib.audit.report import cohort_metrics, flag_cases
+
+    rows = [
+        {"case": "fine", "status": "ok", "label": 1, "positive_probability": 0.9, "predicted_class": 1,
+         "positive_class": 1, "confidence": 0.9, "correct": True, "loc_pointing_hit": True, "agreement": 1.0,
+         "uncertainty_std": 0.01, "stability_spearman": 0.9},
+        {"case": "drifts", "status": "ok", "label": 0, "positive_probability": 0.2, "predicted_class": 0,
+         "positive_class": 1, "confidence": 0.8, "correct": True, "prediction_flips": ["gaussian-noise"]},
+        {"case": "sure-but-wrong", "status": "ok", "label": 1, "positive_probability": 0.04, "predicted_class": 0,
+         "positive_class": 1, "confidence": 0.96, "correct": False, "loc_pointing_hit": False},
+        {"case": "unsure-and-wrong", "status": "ok", "label": 0, "positive_probability": 0.6, "predicted_class": 1,
+         "positive_class": 1, "confidence": 0.6, "correct": False, "uncertainty_std": 0.3},
+        {"case": "unreadable", "status": "error", "error": "broken.nii.gz contains NaN"},
+    ]
+    flagged = flag_cases(rows)
+    assert [f.row["case"] for f in flagged] == ["unreadable", "sure-but-wrong", "unsure-and-wrong", "drifts"]
+    assert flagged[1].reasons == ("confidently-wrong", "evidence-outside-lesion")
+    assert flagged[2].reasons == ("wrong", "high-uncertainty") and flagged[3].reasons == ("unstable",)
+    metrics = cohort_metrics(rows)
+    auc, low, high, n = metrics["auc"]
+    assert n == 4 and auc == 0.5 and 0.0 <= low <= auc <= high <= 1.0  # ranks: (0.9 > 0.6, 0.2), (0.04 < both)
+    sensitivity, low, high, n = metrics["sensitivity"]
+    assert (sensitivity, n) == (0.5, 2) and low < 0.5 < high
+    assert metrics["failed"] == 1 and metrics["measured"] == 4
+
+
+def test_the_viewer_steps_through_an_audits_flagged_cases(audited, tmp_path):
+    from viewer_harness import browser, free_port, open_page, shot, viewer_process
+
+    from XAIRobustnessLib.audit import ResultStore
+    from XAIRobustnessLib.audit.report import flag_cases
+
+    out, _ = audited
+    flagged = [f.row["case"] for f in flag_cases(ResultStore(out).rows()) if f.row["status"] == "ok"]
+    assert flagged, "the tiny model gets some cases wrong or unstable"
+    with viewer_process(["--audit", str(out), "--port", str(free_port())]) as (url, _), browser() as instance:
+        page = open_page(instance, url)
+        time.sleep(1.0)
+        shot(page, "audit-flagged-case")
+        assert f"{flagged[0]} — " in page.inner_text("#audit-cases")

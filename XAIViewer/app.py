@@ -46,7 +46,8 @@ class XAIViewerApp:
     """One trame server, one Slicer scene and the XAIExplain workflow on it."""
 
     def __init__(self, server: Any = None, case: Optional[str] = None, model: Optional[str] = None,
-                 trust_model: bool = False, pacs: Any = None) -> None:
+                 trust_model: bool = False, pacs: Any = None, at: Optional[tuple] = None,
+                 audit: Optional[list] = None) -> None:
         # An upload is the largest message a browser sends (plus msgpack framing).
         limit_websocket_messages(MAX_UPLOAD_BYTES + 2**20)
         self.server = get_server(server, client_type="vue3")
@@ -64,6 +65,9 @@ class XAIViewerApp:
         self._initial_model = model
         #: The PACS the person who started the viewer named (``--pacs``): the browser cannot name another.
         self.pacs = pacs
+        self._initial_point = at
+        #: An audit's flagged cases (``--audit``), with their paths: the browser picks one by name only.
+        self._audit = {entry["value"]: entry for entry in audit or []}
 
         self._init_state()
         self.session.allowed_models = {m["value"] for m in self.state.models} | ({model} if model else set())
@@ -79,6 +83,7 @@ class XAIViewerApp:
         self.state.change("model")(self._forget_structures)
         self.state.change("model")(self._show_channel_inputs)
         self.state.change("structure")(self._on_structure)
+        self.state.change("audit_case")(self._on_audit_case)
         self.state.change("task", "method")(self._show_method_hint)
 
     # --- state ---
@@ -139,6 +144,8 @@ class XAIViewerApp:
             "pacs_message": "",
             "dicom_href": "",
             "dicom_name": "",
+            "audit_cases": [{"title": e["title"], "value": e["value"]} for e in self._audit.values()],
+            "audit_case": None,
         }
         self.state.update(initial)
         # The keys this application owns, for the guard: trame's state.to_dict() is still empty at this point
@@ -161,6 +168,7 @@ class XAIViewerApp:
             "threshold": number_in(0.0, 0.95),
             "plot_dialog": lambda value: isinstance(value, bool),
             "pacs_dialog": lambda value: isinstance(value, bool),
+            "audit_case": lambda value: value is None or value in self._audit,
             "pacs_study": lambda value: value is None or one_of(lambda: state.pacs_studies)(value),
             "plot_src": lambda value: value == "" or value in [state[f"{k}_png"] for k in _CHECK_KINDS],
             # The page's own upload guard writes this one message (see ui._UPLOAD_GUARD).
@@ -181,8 +189,13 @@ class XAIViewerApp:
             self.state.task = self._default_task()
             self._show_channel_inputs(self.state.model)
         cases = {c["name"]: c for c in sample_cases()}
-        if self._initial_case:
+        if self._audit:
+            with self.state:
+                self.state.audit_case = next(iter(self._audit))
+        elif self._initial_case:
             self.load_path(self._initial_case, _mask_beside(self._initial_case))
+            if self._initial_point is not None:
+                self.session.jump_to(self._initial_point)
         elif cases:
             with self.state:
                 self.state.case_name = next(iter(cases))
@@ -196,6 +209,15 @@ class XAIViewerApp:
         if case["model"] and not self._initial_model:
             self.state.model = case["model"]
         self.load_path(case["path"], case["mask"])
+
+    def _on_audit_case(self, audit_case: Optional[str], **_: Any) -> None:
+        """A flagged case of the audit: open it with its reference mask, at its evidence peak."""
+        entry = self._audit.get(audit_case or "")
+        if entry is None:
+            return
+        self.load_path(entry["image"], entry["mask"])
+        if entry["at"] and self.session.input_node is not None:
+            self.session.jump_to(entry["at"])
 
     def load_path(self, path: str, mask: Optional[str] = None) -> None:
         """Load a case (and outline its reference lesion mask when there is one)."""

@@ -32,6 +32,8 @@ def add_viewer_command(commands: Any) -> None:
                              "(credentials: SLICER_XAI_PACS_USER/_PASSWORD, _TOKEN or --pacs-credentials)")
     viewer.add_argument("--pacs-credentials", metavar="FILE",
                         help='JSON file {"user": ..., "password": ...} or {"token": ...}, readable by you only')
+    viewer.add_argument("--at", metavar="R,A,S", help="put the slice views and cursor at this point (RAS mm)")
+    viewer.add_argument("--audit", metavar="DIR", help="step through the flagged cases of a slicer-xai audit folder")
     viewer.set_defaults(handler=run_viewer)
 
 
@@ -40,6 +42,10 @@ def run_viewer(args: argparse.Namespace) -> int:
 
     from .security import TOKEN_ENV, install_token_check, new_token
 
+    if args.audit and not args.model:
+        from .audit_cases import audit_model
+
+        args.model = audit_model(args.audit)
     if args.input:
         from XAIExplainLib.imageio import read_image
 
@@ -49,6 +55,10 @@ def run_viewer(args: argparse.Namespace) -> int:
 
         read_model_spec(resolve_model_path(args.model))
     pacs = _pacs_client(args)  # a bad address or credentials file is refused before the server starts
+    from .audit_cases import flagged_case_choices, parse_point
+
+    at = parse_point(args.at)
+    audit = flagged_case_choices(args.audit) if args.audit else None
     port = args.port or free_port(args.host)
     _check_port_free(args.host, port)
     # A token on every address, loopback included: any web page the user visits can reach 127.0.0.1.
@@ -62,7 +72,8 @@ def run_viewer(args: argparse.Namespace) -> int:
         return 0
     from .app import XAIViewerApp
 
-    app = XAIViewerApp(case=args.input, model=args.model, trust_model=args.trust_bundle, pacs=pacs)
+    app = XAIViewerApp(case=args.input, model=args.model, trust_model=args.trust_bundle, pacs=pacs, at=at,
+                       audit=audit)
     install_token_check(app.server, token)
     app.ctrl.on_server_ready.add(lambda **_: print(f"SlicerXAI viewer: open {url}  (Ctrl+C to stop)", flush=True))
     app.server.start(host=args.host, port=port, open_browser=False, show_connection_info=False,

@@ -64,6 +64,9 @@ def build_ui(app: Any) -> SinglePageWithDrawerLayout:
 
 
 def _explain_panel(app: Any) -> None:
+    with html.Div(v_show=("audit_cases.length",), id="audit-cases"):
+        v3.VSelect(label="Flagged case of the audit (most serious first)", items=("audit_cases",),
+                   v_model=("audit_case",), density="compact", hide_details=True, classes="mb-2", id="audit-select")
     v3.VSelect(label="Sample case", items=("cases",), v_model=("case_name",), density="compact",
                hide_details=True, classes="mb-2", id="case-select")
     v3.VFileInput(

@@ -47,6 +47,7 @@ def add_audit_command(commands: argparse._SubParsersAction) -> None:
 def _audit(args: argparse.Namespace) -> int:
     from XAIExplainLib.models import read_model_spec, resolve_model_path
     from XAIRobustnessLib.audit import AuditSettings, ResultStore, cases_from_folder, cases_from_manifest, run_audit
+    from XAIRobustnessLib.audit.report import write_audit_report
 
     from .progress import ProgressPrinter
 
@@ -75,8 +76,9 @@ def _audit(args: argparse.Namespace) -> int:
                          on_dashboard=lambda link: print(f"Dask dashboard: {link}", file=sys.stderr, flush=True))
     finally:
         printer.close()
+    report = write_audit_report(rows, settings.to_dict(), args.out)
     _print_summary(rows)
-    print(f"Results in {args.out}: one line per case in cases.jsonl")
+    print(f"Results in {args.out}: one line per case in cases.jsonl; report {report}")
     return 0
 
 

@@ -111,7 +111,7 @@ def _measure(case: AuditCase, settings: AuditSettings, sanity: bool) -> dict:
     prediction, info = result.prediction, result.uncertainty_info
     row: dict[str, Any] = {
         "task": task.id, "method": method, "uncertainty_method": uncertainty,
-        "explained_class": result.explanation["target"]["class_name"],
+        "explained_class": result.explanation["target"]["class_name"], "positive_class": finding,
         "predicted_class": prediction.get("predicted_class"), "predicted_label": prediction.get("predicted_label"),
         "confidence": prediction.get("confidence"),
         "positive_probability": _positive_probability(prediction, finding),
@@ -119,14 +119,23 @@ def _measure(case: AuditCase, settings: AuditSettings, sanity: bool) -> dict:
         "agreement": info.get("agreement"),
         "inside_domain": result.applicability.get("inside"),
         "outside_domain": [c["detail"] for c in result.applicability.get("checks", []) if c.get("inside") is False],
-        "peak_ras_mm": result.explanation["statistics"]["peak_ras_mm"],
-        "peak_ijk": result.explanation["statistics"]["peak_ijk"],
+        "evidence_max": result.explanation["statistics"]["max"],
     }
+    # A map without any evidence for the finding has no peak worth opening the viewer at.
+    if (result.explanation["statistics"]["max"] or 0) > 0:
+        row["peak_ras_mm"] = result.explanation["statistics"]["peak_ras_mm"]
+        row["peak_ijk"] = result.explanation["statistics"]["peak_ijk"]
     if case.label is not None and prediction.get("predicted_class") is not None:
         row["correct"] = int(prediction["predicted_class"]) == int(case.label)
     if lesion is not None and sitk.GetArrayViewFromImage(lesion).any():
         row.update({f"loc_{k}": (bool(v) if isinstance(v, (bool, np.bool_)) else float(v))
                     for k, v in localisation_scores(result.saliency, lesion, image).to_dict().items()})
+    if lesion is not None and result.segmentation is not None and finding is not None:
+        predicted = sitk.GetArrayViewFromImage(result.segmentation) == finding
+        truth = sitk.GetArrayViewFromImage(lesion) > 0
+        both = int(predicted.sum() + truth.sum())
+        row["dice"] = 2.0 * int((predicted & truth).sum()) / both if both else 1.0
+    row["thumbnail_png"] = _thumbnail(image, result.saliency, lesion, row.get("peak_ras_mm"))
     if settings.stability or settings.faithfulness or sanity:
         reference = explain_reference(image, model, method, settings.seed, target=finding,
                                       memory_budget_mb=settings.memory_budget_mb)
@@ -145,6 +154,26 @@ def _measure(case: AuditCase, settings: AuditSettings, sanity: bool) -> dict:
             check = sanity_check(image, model, method, seed=settings.seed, reference=reference)
             row.update(sanity_passed=bool(check.passed), sanity_final_spearman=check.final_spearman)
     return row
+
+
+def _thumbnail(image, saliency, lesion, peak_ras) -> str:
+    """The axial key slice through the evidence peak, saliency over the image and the reference outlined,
+    as base64 PNG (rendered here, on the worker, where the volumes are; the client only stores it)."""
+    import base64
+
+    import SimpleITK as sitk
+
+    from XAIExplainLib.report.figures import OUTLINE_COLOURS, Outline, Overlay, key_slices_png
+
+    values = sitk.GetArrayViewFromImage(image)
+    window = (float(np.percentile(values, 1)), float(np.percentile(values, 99.5)))
+    if peak_ras is None:  # no evidence: the slice through the middle of the volume
+        centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+        peak_ras = (-centre[0], -centre[1], centre[2])
+    outlines = [Outline(lesion, OUTLINE_COLOURS["lesion"])] if lesion is not None else []
+    png = key_slices_png(image, (-peak_ras[0], -peak_ras[1], peak_ras[2]), ["axial"], window,
+                         overlay=Overlay(saliency, hide_below=0.2), outlines=outlines, panel_inches=2.2)
+    return base64.b64encode(png).decode("ascii")
 
 
 def _positive_probability(prediction: dict, finding) -> Optional[float]:
