@@ -97,7 +97,7 @@ def test_the_command_line_explains_it_without_trust(nnunet, tmp_path):
 def test_maps_are_on_the_input_grid_for_every_method(nnunet, method):
     image = _case(spacing=(1.0, 1.0, 2.5), degrees=0.0)
     result = explain_image(image, load_model(nnunet), method=method,
-                           method_params={"window": 4} if method == "occlusion" else None)
+                           method_params={"window": 8} if method == "occlusion" else None)
     saliency = sitk.GetArrayFromImage(result.saliency)
     assert result.saliency.GetSize() == image.GetSize() and np.isfinite(saliency).all() and saliency.any()
 
