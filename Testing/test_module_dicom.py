@@ -63,3 +63,18 @@ def test_any_other_volume_is_first_written_as_a_series_and_a_used_folder_is_refu
         logic.saveResultsAsDicom(parameters, str(tmp_path / "mine"))
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     shutil.rmtree(tmp_path / "out")
+
+
+def test_save_as_dicom_installs_highdicom_only_after_asking(explainModule, monkeypatch):
+    import importlib.util
+
+    asked, installed = [], []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text: asked.append(text) or False, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: installed.append(requirements), raising=False)
+    logic = explainModule.XAIExplainLogic()
+    assert logic.ensureDicomDependencies(askConfirmation=True)  # here highdicom is there: nothing asked
+    assert asked == [] and installed == []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "highdicom" else real(name, *a))
+    assert not logic.ensureDicomDependencies(askConfirmation=True)  # declined: nothing installed
+    assert len(asked) == 1 and "highdicom==0.28.2" in asked[0] and installed == []

@@ -657,36 +657,42 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         missing = self.dependenciesMissing()
         if not missing:
             return True
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            _("XAI Explain needs these Python packages: {packages}. Install them now? "
-              "This may take several minutes.").format(packages=", ".join(missing))
-        ):
-            return False
-        with slicer.util.WaitCursor():
+
+        def install() -> None:
             if "torch" in missing:
                 self._installTorch()
             slicer.util.pip_install(self.pipRequirements())
-        stillMissing = self.dependenciesMissing()
-        if stillMissing:
-            raise RuntimeError(_("Could not install: {packages}.").format(packages=", ".join(stillMissing)))
-        return True
 
-    @staticmethod
-    def ensureDicomDependencies(askConfirmation: bool = True) -> bool:
+        question = _("XAI Explain needs these Python packages: {packages}. Install them now? "
+                     "This may take several minutes.").format(packages=", ".join(missing))
+        return self._installAfterAsking(question, install, self.dependenciesMissing, askConfirmation)
+
+    @classmethod
+    def ensureDicomDependencies(cls, askConfirmation: bool = True) -> bool:
         """Install highdicom for Save as DICOM on first use; False if the user declined."""
         import importlib.util
 
-        if importlib.util.find_spec("highdicom") is not None:
+        def missing() -> list:
+            return [] if importlib.util.find_spec("highdicom") is not None else list(DICOM_REQUIREMENTS)
+
+        if not missing():
             return True
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            _("Save as DICOM needs the Python package {packages} (it updates pydicom to version 3). Install it "
-              "now?").format(packages=", ".join(DICOM_REQUIREMENTS))
-        ):
+        question = _("Save as DICOM needs the Python package {packages} (it updates pydicom to version 3). Install "
+                     "it now?").format(packages=", ".join(DICOM_REQUIREMENTS))
+        return cls._installAfterAsking(question, lambda: slicer.util.pip_install(DICOM_REQUIREMENTS), missing,
+                                       askConfirmation)
+
+    @staticmethod
+    def _installAfterAsking(question: str, install: Callable[[], None], missing: Callable[[], list],
+                            askConfirmation: bool) -> bool:
+        """Ask (unless told not to), install with a wait cursor, and fail loudly if anything is still missing."""
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(question):
             return False
         with slicer.util.WaitCursor():
-            slicer.util.pip_install(DICOM_REQUIREMENTS)
-        if importlib.util.find_spec("highdicom") is None:
-            raise RuntimeError(_("Could not install: {packages}.").format(packages=", ".join(DICOM_REQUIREMENTS)))
+            install()
+        stillMissing = missing()
+        if stillMissing:
+            raise RuntimeError(_("Could not install: {packages}.").format(packages=", ".join(stillMissing)))
         return True
 
     @staticmethod

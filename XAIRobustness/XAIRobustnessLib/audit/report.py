@@ -226,7 +226,8 @@ def _case_card(case: FlaggedCase, settings: dict) -> str:
             f"<h3 style='margin:0'>{_e(row['case'])}</h3>"
             + "".join(f"<span class='reason' title='{_e(REASONS[r])}'>{r}</span>" for r in case.reasons)
             + "<ul>" + "".join(f"<li>{fact}</li>" for fact in facts) + "</ul>"
-            + (f"Open it in the viewer at the evidence peak:<code>{_e(command)}</code>" if command else "")
+            + (f"Open it in the viewer{' at the evidence peak' if row.get('peak_ras_mm') else ''}:"
+               f"<code>{_e(command)}</code>" if command else "")
             + "</div></div>")
 
 
