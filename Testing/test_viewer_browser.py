@@ -12,6 +12,7 @@ from viewer_harness import (
     ROOT,
     browser,
     choose,
+    download,
     free_port,
     heat_mask,
     open_page,
@@ -109,10 +110,7 @@ def test_robustness_tab_plots_the_sweep_and_the_report_downloads(viewer_url, tmp
         choose(page, "audience-select", "Radiologist")  # the presenter scene is shared with earlier tests
         page.click("#make-report")
         page.wait_for_selector("#download-report", state="visible", timeout=300_000)
-        with page.expect_download() as download:
-            page.click("#download-report")
-        saved = tmp_path / download.value.suggested_filename
-        download.value.save_as(saved)
+        saved = download(page, "#download-report", tmp_path)
         html_text = saved.read_text(encoding="utf-8")
         assert saved.name.endswith("-radiologist-report.html") and "data:image/png;base64," in html_text
 

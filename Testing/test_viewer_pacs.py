@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from orthanc_server import PASSWORD, USER, orthanc_available, start_orthanc
-from viewer_harness import browser, choose, free_port, open_page, run_and_wait, shot, viewer_process
+from viewer_harness import browser, choose, download, free_port, open_page, run_and_wait, shot, viewer_process
 
 from XAIExplainLib.dicom import SeriesIdentity, write_image_series
 from XAIExplainLib.dicom.pacs import PacsClient
@@ -66,10 +66,7 @@ def test_open_from_pacs_explain_and_send_the_results_back(pacs_with_demo_study, 
                    if s.series_uid != identity.series_uid)
         page.click("#save-dicom")
         page.wait_for_selector("#download-dicom", state="visible", timeout=120_000)
-        with page.expect_download() as download:
-            page.click("#download-dicom")
-        saved = tmp_path / download.value.suggested_filename
-        download.value.save_as(saved)
+        saved = download(page, "#download-dicom", tmp_path)
         with zipfile.ZipFile(saved) as archive:
             names = sorted(archive.namelist())
             report = pydicom.dcmread(io.BytesIO(archive.read("dicom/report.dcm")))

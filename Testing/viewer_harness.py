@@ -136,3 +136,12 @@ def run_and_wait(page, timeout_ms: int = 180_000) -> None:
 def choose(page, select_id: str, option: str) -> None:
     page.locator(f"#{select_id}").click(force=True)  # vuetify's field overlays the input
     page.get_by_role("option", name=option, exact=True).click()
+
+
+def download(page, selector: str, folder: Path) -> Path:
+    """Click the download button ``selector`` and save what the browser receives into ``folder``."""
+    with page.expect_download() as event:
+        page.click(selector)
+    saved = folder / event.value.suggested_filename
+    event.value.save_as(saved)
+    return saved

@@ -916,7 +916,7 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         import SimpleITK as sitk
 
         from XAIExplainLib import mrml
-        from XAIExplainLib.dicom import order_like_image, read_source_series, write_dicom_results, write_image_series
+        from XAIExplainLib.dicom import reference_series, write_dicom_results
         from XAIExplainLib.imageio import staged_output_dir
 
         if self.lastResult is None or parameters.inputVolume is None:
@@ -924,11 +924,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic):
         image = mrml.volumeNodeToImage(parameters.inputVolume, sitk.sitkFloat32)
         headers = self._sourceDicomHeaders(parameters.inputVolume)
         with staged_output_dir(folder) as staging:
-            if headers is None:
-                write_image_series(image, os.path.join(staging, "source"))
-                headers = read_source_series(os.path.join(staging, "source"))
-            export = write_dicom_results(self.lastResult, order_like_image(headers, image),
-                                         os.path.join(staging, "dicom"))
+            source = reference_series(image, headers, os.path.join(staging, "source"))
+            export = write_dicom_results(self.lastResult, source, os.path.join(staging, "dicom"))
         files = {role: pathlib.Path(folder, "dicom", pathlib.Path(path).name) for role, path in export.files.items()}
         return dataclasses.replace(export, files=files, imported=self._importIntoDicomDatabase(folder))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from XAIExplainLib.dicom import read_source_series, write_dicom_results, write_image_series
+from XAIExplainLib.dicom import read_source_series, reference_series, write_dicom_results
 from XAIExplainLib.dicom.pacs import PacsClient, StudySummary, fetch_to_temporary_folder
 from XAIExplainLib.errors import XAIInputError
 from XAIExplainLib.imageio import read_image
@@ -57,10 +57,7 @@ def results_zip(result, image, headers: Optional[list], checks: Sequence = ()) -
     (``source/``) in the archive, so that the objects have images to reference."""
     with tempfile.TemporaryDirectory(prefix="slicer-xai-dicom-") as folder:
         root = Path(folder)
-        if headers is None:
-            write_image_series(image, root / "source")
-            headers = read_source_series(root / "source")
-        write_dicom_results(result, headers, root / "dicom", checks=checks)
+        write_dicom_results(result, reference_series(image, headers, root / "source"), root / "dicom", checks=checks)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(p for p in root.rglob("*.dcm")):

@@ -286,15 +286,11 @@ def _write_dicom(result, image, input_path: Path, staging: Path, store) -> tuple
     """The results as DICOM objects in ``dicom/``, referencing the input series; an input that is not a DICOM
     series is first written as one (``source/``) so that there is a series to reference."""
     import pydicom
-    from XAIExplainLib.dicom import read_source_series, write_dicom_results, write_image_series
+    from XAIExplainLib.dicom import read_source_series, reference_series, write_dicom_results
 
-    files = {}
-    if input_path.is_dir():
-        source = read_source_series(input_path)
-    else:
-        write_image_series(image, staging / "source")
-        source = read_source_series(staging / "source")
-        files["source"] = "source/"
+    headers = read_source_series(input_path) if input_path.is_dir() else None
+    source = reference_series(image, headers, staging / "source")
+    files = {} if headers is not None else {"source": "source/"}
     export = write_dicom_results(result, source, staging / "dicom")
     files.update({role: f"dicom/{path.name}" for role, path in export.files.items()})
     if store is None:

@@ -37,9 +37,10 @@ from ..audiences.trust import FAILED, NOT_RUN, PASSED
 from ..errors import XAIInputError
 from ..imageio import dicom_series_files
 from ..review import DEFAULT_REVIEW_PERCENTILE, review_regions
+from .series import write_image_series
 
 __all__ = ["RESEARCH_USE", "PRIVATE_SCHEME", "DicomExport", "order_like_image", "read_source_series",
-           "write_dicom_results"]
+           "reference_series", "write_dicom_results"]
 
 RESEARCH_USE = "research use - not for clinical use"
 #: Private coding scheme for concepts no standard code exists for (PS3.16 8.2: "99" prefix).
@@ -86,6 +87,17 @@ def order_like_image(headers: Sequence[Dataset], image: sitk.Image) -> list[Data
                                 "or cropped?); results can only reference the series it was read from unchanged.")
         ordered.append(headers[best])
     return ordered
+
+
+def reference_series(image: sitk.Image, headers: Optional[Sequence[Dataset]],
+                     folder: str | os.PathLike) -> list[Dataset]:
+    """The headers that results computed on ``image`` will reference: ``headers`` (the series it was read
+    from) in the order of its slices or, for an image that did not come from DICOM (``headers`` None), those
+    of the image written as a new series into ``folder``."""
+    if headers is None:
+        write_image_series(image, folder)
+        return read_source_series(folder)
+    return order_like_image(headers, image)
 
 
 def write_dicom_results(
