@@ -55,9 +55,13 @@ def _model(settings: AuditSettings):
 
     key = (settings.model, settings.trust_bundle)
     if key not in _MODELS:
+        import SimpleITK as sitk
         import torch
 
-        torch.set_num_threads(1)  # one case per worker thread: the cluster, not torch, spreads the work
+        # One case per worker thread: the cluster, not torch or ITK's own thread pool, spreads the work (Dask
+        # limits OpenMP and BLAS threads in its workers; ITK would still take every core for each resampling).
+        torch.set_num_threads(1)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
         _MODELS[key] = load_model(settings.model, trust_bundle=settings.trust_bundle)
         _LOADS["count"] += 1
     return _MODELS[key]
