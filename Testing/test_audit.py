@@ -18,6 +18,8 @@ import SimpleITK as sitk
 from conftest import ROOT, make_image
 from test_cli import run_cli
 
+from XAIViewer.audit_cases import parse_point
+
 CENTRES = [(8, 9, 7), (15, 12, 11), None, (12, 8, 13), None]
 
 
@@ -146,6 +148,24 @@ def test_the_report_ranks_flagged_cases_with_their_key_slice_and_viewer_command(
     assert "Failure-case explorer" in text and "AUC (finding probability vs label)" in text
     assert text.count("data:image/png;base64,") >= 1 and "slicer-xai viewer " in text
     assert "<h3 style='margin:0'>broken</h3>" in text and "failed" in text
+    assert_viewer_commands_parse(text)
+
+
+def assert_viewer_commands_parse(report_html: str) -> None:
+    """Every viewer command in the report is one the viewer takes as written (its point included)."""
+    import html
+    import re
+    import shlex
+
+    from XAICommandLine.main import build_parser
+
+    commands = [html.unescape(c) for c in re.findall(r"<code>(slicer-xai viewer [^<]*)</code>", report_html)]
+    assert commands
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert args.model and (args.input or args.study)
+        if "--at=" in command:
+            assert len(parse_point(args.at)) == 3
 
 
 def test_flags_rank_the_most_serious_first_and_metrics_carry_intervals():

@@ -73,6 +73,21 @@ def test_each_student_gets_a_secret_of_their_own():
         assert _get(port, "/?token=%C3%A9t%C3%A9").status == 403
 
 
+def test_every_students_viewer_gets_the_teachers_case_model_audit_and_point():
+    import argparse
+
+    from XAIViewer.cli import _student_args, add_viewer_command
+
+    parser = argparse.ArgumentParser()
+    add_viewer_command(parser.add_subparsers())
+    teacher = parser.parse_args(["viewer", "--classroom", "per-student", "--model", "m", "--audit", "audit dir",
+                                 "--at=-10.9,-3.3,10.1", "--trust-bundle", "--token", "secret", "--", "-case.nii.gz"])
+    student = parser.parse_args(["viewer", *_student_args(teacher)])
+    for key in ("input", "model", "audit", "at", "trust_bundle", "pacs", "study"):
+        assert getattr(student, key) == getattr(teacher, key), key
+    assert student.token is None and student.classroom == "presenter"  # each student has a secret of their own
+
+
 def test_max_sessions_holds_under_concurrent_visits():
     port = free_port()
     args = [str(DEMO_CASE), "--port", str(port), "--classroom", "per-student", "--max-sessions", "1"]

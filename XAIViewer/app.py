@@ -47,7 +47,7 @@ class XAIViewerApp:
 
     def __init__(self, server: Any = None, case: Optional[str] = None, model: Optional[str] = None,
                  trust_model: bool = False, pacs: Any = None, at: Optional[tuple] = None,
-                 audit: Optional[list] = None) -> None:
+                 audit: Optional[list] = None, study: Optional[str] = None) -> None:
         # An upload is the largest message a browser sends (plus msgpack framing).
         limit_websocket_messages(MAX_UPLOAD_BYTES + 2**20)
         self.server = get_server(server, client_type="vue3")
@@ -65,6 +65,7 @@ class XAIViewerApp:
         self._initial_model = model
         #: The PACS the person who started the viewer named (``--pacs``): the browser cannot name another.
         self.pacs = pacs
+        self._initial_study = study
         self._initial_point = at
         #: An audit's flagged cases (``--audit``), with their paths: the browser picks one by name only.
         self._audit = {entry["value"]: entry for entry in audit or []}
@@ -192,6 +193,8 @@ class XAIViewerApp:
         if self._audit:
             with self.state:
                 self.state.audit_case = next(iter(self._audit))
+        elif self._initial_study:
+            self._open_study(self._initial_study, at=self._initial_point)
         elif self._initial_case:
             self.load_path(self._initial_case, _mask_beside(self._initial_case))
             if self._initial_point is not None:
@@ -215,6 +218,9 @@ class XAIViewerApp:
         entry = self._audit.get(audit_case or "")
         if entry is None:
             return
+        if entry.get("study"):
+            self._open_study(entry["study"], entry["mask"], entry["at"])
+            return
         self.load_path(entry["image"], entry["mask"])
         if entry["at"] and self.session.input_node is not None:
             self.session.jump_to(entry["at"])
@@ -222,13 +228,7 @@ class XAIViewerApp:
     def load_path(self, path: str, mask: Optional[str] = None) -> None:
         """Load a case (and outline its reference lesion mask when there is one)."""
 
-        def load() -> None:
-            node = self.session.load_case(path)
-            if mask:
-                self.session.show_reference(mask)
-            self._show_case(node, has_reference=bool(mask))
-
-        self._guarded(load)
+        self._guarded(lambda: self._show_case_with_reference(self.session.load_case(path), mask))
 
     def on_upload(self, upload: Any = None) -> None:
         """A file from the browser (trame sends name, size and content): read and checked in a worker
@@ -283,12 +283,19 @@ class XAIViewerApp:
         if self.pacs is None or study not in [choice["value"] for choice in self.state.pacs_studies]:
             return
         self.state.pacs_dialog = False
-        self._start(lambda _image, progress, cancel: open_pacs_study(self.pacs, study), self._show_pacs_case,
-                    needs_case=False)
+        self._open_study(study)
 
-    def _show_pacs_case(self, case) -> None:
-        self._show_case(self.session.show_dicom_case(case))
-        self.state.from_pacs, self.state.pacs_case = True, f"{case.name} ({case.image.GetSize()[2]} slices)"
+    def _open_study(self, study_uid: str, mask: Optional[str] = None, at: Optional[tuple] = None) -> None:
+        """Fetch a study's image series in a worker thread and make it the case (with its reference mask,
+        at the point ``at``)."""
+
+        def show(case) -> None:
+            self._show_case_with_reference(self.session.show_dicom_case(case), mask)
+            self.state.from_pacs, self.state.pacs_case = True, f"{case.name} ({case.image.GetSize()[2]} slices)"
+            if at is not None:
+                self.session.jump_to(at)
+
+        self._start(lambda _image, progress, cancel: open_pacs_study(self.pacs, study_uid), show, needs_case=False)
 
     def save_dicom(self) -> None:
         """The results as DICOM Parametric Maps, SEG and SR in a .zip to download."""
@@ -326,6 +333,12 @@ class XAIViewerApp:
         self.state.channel_inputs = [
             {"number": n, "label": f"Input {n}: {names[n - 1]}",
              "loaded": loaded[n][1] if n in loaded else ""} for n in range(2, min(len(names), MAX_INPUT_CHANNELS) + 1)]
+
+    def _show_case_with_reference(self, node: Any, mask: Optional[str]) -> None:
+        """Show a new case, outlining its reference lesion mask where it has one (the legend says so only
+        when the mask holds a lesion: a case without one has nothing to outline)."""
+        outlined = bool(mask) and self.session.show_reference(mask)
+        self._show_case(node, has_reference=outlined)
 
     def _show_case(self, node: Any, has_reference: bool = False) -> None:
         self.slicer.display_manager.show_volume(node, do_reset_views=True)

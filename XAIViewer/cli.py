@@ -32,7 +32,9 @@ def add_viewer_command(commands: Any) -> None:
                              "(credentials: SLICER_XAI_PACS_USER/_PASSWORD, _TOKEN or --pacs-credentials)")
     viewer.add_argument("--pacs-credentials", metavar="FILE",
                         help='JSON file {"user": ..., "password": ...} or {"token": ...}, readable by you only')
-    viewer.add_argument("--at", metavar="R,A,S", help="put the slice views and cursor at this point (RAS mm)")
+    viewer.add_argument("--study", metavar="UID", help="--pacs: open this study (Study Instance UID) at start")
+    viewer.add_argument("--at", metavar="R,A,S", help="put the slice views and cursor at this point (RAS mm; "
+                                                     "write --at=R,A,S when R is negative)")
     viewer.add_argument("--audit", metavar="DIR", help="step through the flagged cases of a slicer-xai audit folder")
     viewer.set_defaults(handler=run_viewer)
 
@@ -42,6 +44,7 @@ def run_viewer(args: argparse.Namespace) -> int:
 
     from .security import TOKEN_ENV, install_token_check, new_token
 
+    pacs = _pacs_client(args)  # a bad address, credentials file or --study is refused before the server starts
     if args.audit and not args.model:
         from .audit_cases import audit_model
 
@@ -54,11 +57,10 @@ def run_viewer(args: argparse.Namespace) -> int:
         from XAIExplainLib.models import read_model_spec, resolve_model_path
 
         read_model_spec(resolve_model_path(args.model))
-    pacs = _pacs_client(args)  # a bad address or credentials file is refused before the server starts
     from .audit_cases import flagged_case_choices, parse_point
 
     at = parse_point(args.at)
-    audit = flagged_case_choices(args.audit) if args.audit else None
+    audit = flagged_case_choices(args.audit, pacs.url if pacs else None) if args.audit else None
     port = args.port or free_port(args.host)
     _check_port_free(args.host, port)
     # A token on every address, loopback included: any web page the user visits can reach 127.0.0.1.
@@ -67,13 +69,13 @@ def run_viewer(args: argparse.Namespace) -> int:
     if args.classroom == "per-student":
         from .launcher import Launcher, run_launcher
 
-        run_launcher(Launcher(args.host, args.input, args.model, token, args.max_sessions, args.idle_timeout or 300,
-                              args.trust_bundle, args.pacs, args.pacs_credentials), port, url)
+        run_launcher(Launcher(args.host, token, args.max_sessions, args.idle_timeout or 300, _student_args(args)),
+                     port, url)
         return 0
     from .app import XAIViewerApp
 
     app = XAIViewerApp(case=args.input, model=args.model, trust_model=args.trust_bundle, pacs=pacs, at=at,
-                       audit=audit)
+                       audit=audit, study=args.study)
     install_token_check(app.server, token)
     app.ctrl.on_server_ready.add(lambda **_: print(f"SlicerXAI viewer: open {url}  (Ctrl+C to stop)", flush=True))
     app.server.start(host=args.host, port=port, open_browser=False, show_connection_info=False,
@@ -82,13 +84,27 @@ def run_viewer(args: argparse.Namespace) -> int:
 
 
 def _pacs_client(args: argparse.Namespace):
-    if args.pacs_credentials and not args.pacs:
-        raise XAIInputError("--pacs-credentials needs --pacs URL.")
+    if (args.pacs_credentials or args.study) and not args.pacs:
+        raise XAIInputError(f"{'--pacs-credentials' if args.pacs_credentials else '--study'} needs --pacs URL.")
+    if args.study and (args.input or args.audit):
+        raise XAIInputError("Give one case to open: INPUT, --pacs with --study, or --audit DIR.")
     if not args.pacs:
         return None
-    from XAIExplainLib.dicom.pacs import PacsClient, pacs_credentials
+    from XAIExplainLib.dicom.pacs import PacsClient, check_uid, pacs_credentials
 
+    if args.study:
+        check_uid(args.study, "--study")
     return PacsClient(args.pacs, pacs_credentials(args.pacs_credentials))
+
+
+def _student_args(args: argparse.Namespace) -> list[str]:
+    """What every student's own viewer is started with: the case, model and PACS the teacher gave."""
+    words = ["--trust-bundle"] if args.trust_bundle else []
+    for flag, value in (("--model", args.model), ("--pacs", args.pacs), ("--pacs-credentials", args.pacs_credentials),
+                        ("--study", args.study), ("--at", args.at), ("--audit", args.audit)):
+        if value:
+            words.append(f"{flag}={value}")  # one word: a value starting with "-" stays a value
+    return words + (["--", args.input] if args.input else [])
 
 
 def free_port(host: str) -> int:

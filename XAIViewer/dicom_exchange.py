@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from XAIExplainLib.dicom import read_source_series, reference_series, write_dicom_results
-from XAIExplainLib.dicom.pacs import PacsClient, StudySummary, fetch_to_temporary_folder
+from XAIExplainLib.dicom.pacs import PacsClient, StudySummary, fetched_series
 from XAIExplainLib.errors import XAIInputError
 from XAIExplainLib.imageio import read_image
 
@@ -42,12 +42,9 @@ def study_choices(studies: Sequence[StudySummary]) -> list[dict]:
 def open_pacs_study(client: PacsClient, study_uid: str) -> DicomCase:
     """The study's image series, fetched, checked and read (the fetched files are removed afterwards)."""
     series = client.image_series(study_uid)
-    fetched = fetch_to_temporary_folder(client, study_uid, series.series_uid)
-    try:
-        image = read_image(fetched.name, name="The PACS series")
-        headers = read_source_series(fetched.name)
-    finally:
-        fetched.cleanup()
+    with fetched_series(client, study_uid, series.series_uid) as (folder, _):
+        image = read_image(folder, name="The PACS series")
+        headers = read_source_series(folder)
     name = (series.description or f"series {series.number}").strip() or "PACS study"
     return DicomCase(image, name[:64], headers, study_uid, series.series_uid)
 

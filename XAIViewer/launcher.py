@@ -30,15 +30,12 @@ _READY = re.compile(r"open (http\S+)")
 @dataclass
 class Launcher:
     host: str
-    case: Optional[str] = None
-    model: Optional[str] = None
     token: Optional[str] = None
     max_sessions: int = 40
     idle_timeout_s: int = 300
-    trust_model: bool = False
-    #: The PACS every student's viewer offers (its credentials reach them through the environment or file).
-    pacs: Optional[str] = None
-    pacs_credentials: Optional[str] = None
+    #: What every student's viewer is started with (case, model, PACS, audit: as the teacher gave them; PACS
+    #: credentials reach them through the environment or the file named).
+    viewer_args: list = field(default_factory=list)
     processes: list = field(default_factory=list)
     _starting: int = 0
 
@@ -80,17 +77,7 @@ class Launcher:
     async def _start_session(self) -> str:
         port = free_port(self.host)
         args = [sys.executable, "-m", "XAICommandLine", "viewer", "--host", self.host, "--port", str(port),
-                "--idle-timeout", str(self.idle_timeout_s)]
-        if self.case:
-            args.append(self.case)
-        if self.model:
-            args += ["--model", self.model]
-        if self.trust_model:
-            args.append("--trust-bundle")
-        if self.pacs:
-            args += ["--pacs", self.pacs]
-        if self.pacs_credentials:
-            args += ["--pacs-credentials", self.pacs_credentials]
+                "--idle-timeout", str(self.idle_timeout_s), *self.viewer_args]
         # Each student's viewer has its own secret, passed in its environment (not on its command line).
         env = {**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_ENV: new_token()}
         process = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,

@@ -99,10 +99,14 @@ class ViewerSession:
         self.dicom_case = case
         return node
 
-    def show_reference(self, mask_path: str | os.PathLike) -> None:
-        """Outline a ground-truth lesion mask of the current case (bundled sample cases have one)."""
+    def show_reference(self, mask_path: str | os.PathLike) -> bool:
+        """Outline a ground-truth lesion mask of the current case (bundled sample cases have one); whether it
+        holds any lesion."""
+        import SimpleITK as sitk
+
         self.reference_mask = read_mask(mask_path)
         mrml.showReferenceSegmentation(self.scene, self.input_node, self.reference_mask)
+        return bool(sitk.GetArrayViewFromImage(self.reference_mask).any())
 
     def load_upload(self, filename: str, content: bytes) -> object:
         """Validate an uploaded file, then load it like any case (:meth:`read_upload` + :meth:`show_image`)."""

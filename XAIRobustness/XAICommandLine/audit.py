@@ -20,10 +20,16 @@ _METHODS = ("gradcam", "gradcampp", "gradient", "smoothgrad", "ig", "occlusion")
 def add_audit_command(commands: argparse._SubParsersAction) -> None:
     audit = commands.add_parser("audit", help="explain and check every case of a cohort (Dask distributed)")
     audit.add_argument("--model", required=True, help="bundled model name, bundle folder or nnU-Net model folder")
-    cohort = audit.add_mutually_exclusive_group(required=True)
+    cohort = audit.add_mutually_exclusive_group()
     cohort.add_argument("--cases", metavar="DIR", help="folder of images, with <name>_mask.<ext> references and "
                                                        "labels.csv (as `slicer-xai data synth` writes) where known")
-    cohort.add_argument("--manifest", metavar="CSV", help="CSV with columns image and optional case, mask, label")
+    cohort.add_argument("--manifest", metavar="CSV", help="CSV with columns image (with --pacs: study, Study "
+                                                          "Instance UIDs) and optional case, mask, label")
+    audit.add_argument("--pacs", metavar="URL", help="DICOMweb base address of a PACS: audit every study on it (or "
+                                                     "the --manifest's), each worker fetching its own")
+    audit.add_argument("--pacs-credentials", metavar="FILE",
+                       help="--pacs: JSON file (chmod 600) with user and password, or token; else the "
+                            "SLICER_XAI_PACS_* environment variables (looked up on each worker)")
     audit.add_argument("--out", required=True, help="audit folder (new, or an earlier audit to resume)")
     audit.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     audit.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (tcp://host:8786) instead "
@@ -46,7 +52,7 @@ def add_audit_command(commands: argparse._SubParsersAction) -> None:
 
 def _audit(args: argparse.Namespace) -> int:
     from XAIExplainLib.models import read_model_spec, resolve_model_path
-    from XAIRobustnessLib.audit import AuditSettings, ResultStore, cases_from_folder, cases_from_manifest, run_audit
+    from XAIRobustnessLib.audit import AuditSettings, ResultStore, run_audit
     from XAIRobustnessLib.audit.report import write_audit_report
 
     from .progress import ProgressPrinter
@@ -60,7 +66,7 @@ def _audit(args: argparse.Namespace) -> int:
     if args.sanity_cases < 0:
         raise XAIInputError("--sanity-cases must be 0 or more.")
     read_model_spec(resolve_model_path(args.model))  # an unknown or broken model is refused before any worker starts
-    cases = cases_from_folder(args.cases) if args.cases else cases_from_manifest(args.manifest)
+    cases = _cohort(args)
     settings = AuditSettings(model=args.model, trust_bundle=args.trust_bundle, method=args.method,
                              uncertainty=args.uncertainty, samples=args.samples, seed=args.seed,
                              stability=not args.no_stability, faithfulness=not args.no_faithfulness,
@@ -80,6 +86,22 @@ def _audit(args: argparse.Namespace) -> int:
     _print_summary(rows)
     print(f"Results in {args.out}: one line per case in cases.jsonl; report {report}")
     return 0
+
+
+def _cohort(args: argparse.Namespace) -> list:
+    from XAIRobustnessLib.audit import PacsSource, cases_from_folder, cases_from_manifest, cases_from_pacs
+
+    if args.pacs_credentials and not args.pacs:
+        raise XAIInputError("--pacs-credentials needs --pacs URL.")
+    if args.pacs:
+        if args.cases:
+            raise XAIInputError("Give --cases DIR or --pacs URL, not both (a --manifest may list the PACS's studies).")
+        return cases_from_pacs(PacsSource(args.pacs, args.pacs_credentials), args.manifest)
+    if args.cases:
+        return cases_from_folder(args.cases)
+    if args.manifest:
+        return cases_from_manifest(args.manifest)
+    raise XAIInputError("Give the cohort: --cases DIR, --manifest CSV or --pacs URL.")
 
 
 def _print_summary(rows: list[dict]) -> None:

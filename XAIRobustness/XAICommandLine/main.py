@@ -204,17 +204,12 @@ def _explain(args: argparse.Namespace) -> int:
     ensemble = [load_model(name, trust_bundle=args.trust_bundle) for name in args.ensemble_model]
     if not args.pacs:
         return _explain_inputs(args, list(args.input), args.input, model, ensemble, target_mask, output_format, out)
-    from XAIExplainLib.dicom.pacs import PacsClient, check_uid, fetch_to_temporary_folder, pacs_credentials
+    from XAIExplainLib.dicom.pacs import PacsClient, fetched_series, pacs_credentials
 
     client = PacsClient(args.pacs, pacs_credentials(args.pacs_credentials))
-    study = check_uid(args.study, "--study")
-    series = check_uid(args.series, "--series") if args.series else client.image_series(study).series_uid
-    fetched = fetch_to_temporary_folder(client, study, series)
-    try:
-        return _explain_inputs(args, [fetched.name], [f"{client.url} study {study} series {series}"], model,
+    with fetched_series(client, args.study, args.series) as (folder, series):
+        return _explain_inputs(args, [str(folder)], [f"{client.url} study {args.study} series {series}"], model,
                                ensemble, target_mask, output_format, out, store=client if args.store else None)
-    finally:
-        fetched.cleanup()
 
 
 def _explain_format(args: argparse.Namespace) -> str:

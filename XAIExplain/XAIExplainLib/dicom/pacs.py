@@ -29,7 +29,8 @@ from pydicom.dataset import Dataset
 from ..errors import XAIInputError
 from ..network import is_loopback
 
-__all__ = ["PacsClient", "StudySummary", "SeriesSummary", "pacs_credentials", "CREDENTIAL_VARIABLES"]
+__all__ = ["PacsClient", "StudySummary", "SeriesSummary", "fetched_series", "pacs_credentials",
+           "CREDENTIAL_VARIABLES"]
 
 #: Where credentials are looked for, in this order.
 CREDENTIAL_VARIABLES = ("SLICER_XAI_PACS_TOKEN", "SLICER_XAI_PACS_USER", "SLICER_XAI_PACS_PASSWORD",
@@ -150,12 +151,30 @@ class PacsClient:
         self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
 
     # -- queries ---------------------------------------------------------------------------------------
-    def studies(self, limit: int = 200) -> list[StudySummary]:
+    def studies(self, limit: int = 200, offset: int = 0) -> list[StudySummary]:
         with self._answers("list the studies"):
             found = self._client.search_for_studies(
-                limit=limit, fields=["PatientID", "PatientName", "StudyDate", "StudyDescription",
-                                     "ModalitiesInStudy", "NumberOfStudyRelatedSeries"])
+                limit=limit, offset=offset or None,
+                fields=["PatientID", "PatientName", "StudyDate", "StudyDescription", "ModalitiesInStudy",
+                        "NumberOfStudyRelatedSeries"])
             return [_study_summary(_dataset(item)) for item in found]
+
+    def all_studies(self, most: int, page: int = 200) -> list[StudySummary]:
+        """Every study of the archive, page by page (archives cap one answer), refused beyond ``most``; a
+        study an archive lists twice across pages is kept once."""
+        found: dict[str, StudySummary] = {}
+        offset = 0
+        while True:
+            answer = self.studies(limit=page, offset=offset)
+            new = {study.study_uid: study for study in answer if study.study_uid not in found}
+            found.update(new)
+            if len(found) > most:
+                raise XAIInputError(f"The PACS at {self.url} holds more than {most} studies; list the ones to use "
+                                    "in a manifest (column study).")
+            # A short page is the last; a page with nothing new (an archive that ignores offset) ends it too.
+            if len(answer) < page or not new:
+                return list(found.values())
+            offset += len(answer)
 
     def series(self, study_uid: str) -> list[SeriesSummary]:
         study_uid = check_uid(study_uid, "--study")
@@ -281,12 +300,12 @@ def _check_instance(dataset: Dataset, study_uid: str, series_uid: str, seen: set
         raise XAIInputError(f"Instance {sop_uid} from the PACS has no pixel data.")
 
 
-def fetch_to_temporary_folder(client: PacsClient, study_uid: str, series_uid: str) -> tempfile.TemporaryDirectory:
-    """The series fetched into a private temporary folder (removed when the returned object is cleaned up)."""
-    holder = tempfile.TemporaryDirectory(prefix="slicer-xai-pacs-")
-    try:
-        client.fetch_series(study_uid, series_uid, holder.name)
-    except BaseException:
-        holder.cleanup()
-        raise
-    return holder
+@contextmanager
+def fetched_series(client: PacsClient, study_uid: str, series_uid: Optional[str] = None) -> Iterator[tuple[Path, str]]:
+    """``(folder, series_uid)``: the series (default: the study's image series) fetched into a private
+    temporary folder, which is removed afterwards whatever happens."""
+    study_uid = check_uid(study_uid, "--study")
+    series_uid = check_uid(series_uid, "--series") if series_uid else client.image_series(study_uid).series_uid
+    with tempfile.TemporaryDirectory(prefix="slicer-xai-pacs-") as folder:
+        client.fetch_series(study_uid, series_uid, folder)
+        yield Path(folder), series_uid

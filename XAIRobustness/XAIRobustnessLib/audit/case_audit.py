@@ -70,7 +70,7 @@ def _model(settings: AuditSettings):
 def audit_case(case: AuditCase, settings: AuditSettings, sanity: bool = False) -> dict:
     """The row of ``case``: ``status`` ``ok`` with its measurements, or ``error`` with the reason."""
     started = time.perf_counter()
-    row: dict[str, Any] = {"case": case.name, "image": case.image, "mask": case.mask, "label": case.label}
+    row: dict[str, Any] = case.row()
     try:
         row.update(_measure(case, settings, sanity))
         row["status"] = "ok"
@@ -88,7 +88,7 @@ def audit_case(case: AuditCase, settings: AuditSettings, sanity: bool = False) -
 def _measure(case: AuditCase, settings: AuditSettings, sanity: bool) -> dict:
     import SimpleITK as sitk
 
-    from XAIExplainLib.imageio import read_image, read_mask
+    from XAIExplainLib.imageio import read_mask
     from XAIExplainLib.pipeline import explain_image
     from XAIExplainLib.tasks import methods_for_task, task_for_model
     from XAIRobustnessLib.faithfulness import faithfulness_test
@@ -101,7 +101,7 @@ def _measure(case: AuditCase, settings: AuditSettings, sanity: bool) -> dict:
     task = task_for_model(model.spec)
     method = settings.method or methods_for_task(task, model.spec)[0]
     uncertainty = settings.uncertainty or task.uncertainty.method
-    image = read_image(case.image)
+    image = _read_case_image(case)
     lesion = None
     if case.mask:
         lesion = sitk.Resample(read_mask(case.mask), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
@@ -158,6 +158,19 @@ def _measure(case: AuditCase, settings: AuditSettings, sanity: bool) -> dict:
             check = sanity_check(image, model, method, seed=settings.seed, reference=reference)
             row.update(sanity_passed=bool(check.passed), sanity_final_spearman=check.final_spearman)
     return row
+
+
+def _read_case_image(case: AuditCase):
+    """The case's image: read from its file or folder, or its study's image series fetched from the PACS
+    (into a temporary folder, removed at once)."""
+    from XAIExplainLib.imageio import read_image
+
+    if case.pacs is None:
+        return read_image(case.image)
+    from XAIExplainLib.dicom.pacs import fetched_series
+
+    with fetched_series(case.pacs.client(), case.study_uid) as (folder, _):
+        return read_image(folder, name=f"The image series of study {case.study_uid}")
 
 
 def _thumbnail(image, saliency, lesion, peak_ras) -> str:

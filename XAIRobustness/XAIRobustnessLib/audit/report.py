@@ -232,11 +232,16 @@ def _case_card(case: FlaggedCase, settings: dict) -> str:
 
 
 def _viewer_command(row: dict, settings: dict) -> Optional[str]:
-    if not row.get("image"):
+    if row.get("study_uid") and row.get("pacs"):
+        words = ["slicer-xai", "viewer", "--pacs", row["pacs"], "--study", row["study_uid"]]
+    elif row.get("image"):
+        words = ["slicer-xai", "viewer", row["image"]]
+    else:
         return None
-    words = ["slicer-xai", "viewer", row["image"], "--model", str(settings.get("model"))]
+    words += ["--model", str(settings.get("model"))]
     if row.get("peak_ras_mm"):
-        words += ["--at", ",".join(f"{v:.1f}" for v in row["peak_ras_mm"])]
+        # One word: as two, a point starting with "-" (most right-hemisphere points) would read as an option.
+        words.append("--at=" + ",".join(f"{v:.1f}" for v in row["peak_ras_mm"]))
     return " ".join(shlex.quote(word) for word in words)
 
 

@@ -74,9 +74,8 @@ def _stream(client, todo, settings, store: ResultStore, total: int, finished: in
             try:
                 row = future.result()
             except KilledWorker:
-                row = {"case": case.name, "image": case.image, "mask": case.mask, "label": case.label,
-                       "status": "error", "error": f"the case ended {ALLOWED_WORKER_DEATHS} workers (out of memory "
-                                                   "or crashed); it was not measured"}
+                row = {**case.row(), "status": "error", "error": f"the case ended {ALLOWED_WORKER_DEATHS} workers "
+                                                                 "(out of memory or crashed); it was not measured"}
             store.append(row)
             finished += 1
             if progress is not None:
