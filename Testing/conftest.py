@@ -63,6 +63,18 @@ def make_image(
     return image
 
 
+def cube_mask(image: sitk.Image, centre: Optional[Sequence[int]], half: int = 2) -> sitk.Image:
+    """A reference lesion mask on ``image``'s grid: the cube of side ``2 * half + 1`` voxels around the voxel
+    ``centre`` (i, j, k), or an empty mask for a case without a lesion (``centre`` None)."""
+    mask = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
+    if centre is not None:
+        i, j, k = centre
+        mask[k - half:k + half + 1, j - half:j + half + 1, i - half:i + half + 1] = 1
+    mask_image = sitk.GetImageFromArray(mask)
+    mask_image.CopyInformation(image)
+    return mask_image
+
+
 def write_bundle(
     folder: Path,
     network_def: dict,

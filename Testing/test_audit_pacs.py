@@ -8,11 +8,10 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import make_image
+from conftest import cube_mask, make_image
 from orthanc_server import PASSWORD, USER, orthanc_available, start_orthanc
 from test_audit import assert_viewer_commands_parse
 from test_cli import run_cli
@@ -42,12 +41,7 @@ def pacs_cohort(tmp_path_factory):
             identity = SeriesIdentity(patient_id=f"XAI-AUDIT-{index}", series_description="Brain MR")
             files = write_image_series(image, work / f"series{index}", identity)
             client.store([pydicom.dcmread(path) for path in files], identity.study_uid)
-            mask = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
-            if centre is not None:
-                i, j, k = centre
-                mask[k - 2:k + 3, j - 2:j + 3, i - 2:i + 3] = 1
-            mask_image = sitk.GetImageFromArray(mask)
-            mask_image.CopyInformation(image)
+            mask_image = cube_mask(image, centre)
             sitk.WriteImage(mask_image, str(work / f"mask{index}.nii.gz"))
             writer.writerow([f"patient{index}", identity.study_uid, int(centre is not None), f"mask{index}.nii.gz"])
             studies.append(identity.study_uid)
