@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import SimpleITK as sitk
-from conftest import ROOT, make_image
+from conftest import ROOT, cube_mask, make_image
 from test_cli import run_cli
 
 from XAIViewer.audit_cases import parse_point
@@ -33,12 +33,7 @@ def cohort(tmp_path_factory):
         for index, centre in enumerate(CENTRES):
             image = make_image(size=(24, 22, 20), spacing=(2.0, 2.0, 2.0), blob_index=centre, seed=index)
             sitk.WriteImage(image, str(folder / f"case{index}.nii.gz"))
-            mask = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
-            if centre is not None:
-                i, j, k = centre
-                mask[k - 2:k + 3, j - 2:j + 3, i - 2:i + 3] = 1
-            mask_image = sitk.GetImageFromArray(mask)
-            mask_image.CopyInformation(image)
+            mask_image = cube_mask(image, centre)
             sitk.WriteImage(mask_image, str(folder / f"case{index}_mask.nii.gz"))
             writer.writerow([f"case{index}", int(centre is not None)])
     nan = sitk.GetImageFromArray(np.full((20, 22, 24), np.nan, dtype=np.float32))
@@ -209,3 +204,36 @@ def test_the_viewer_steps_through_an_audits_flagged_cases(audited, tmp_path):
         time.sleep(1.0)
         shot(page, "audit-flagged-case")
         assert f"{flagged[0]} — " in page.inner_text("#audit-cases")
+
+
+def test_an_existing_cluster_given_by_its_scheduler_address_does_the_work(cohort, classifier_bundle, tmp_path):
+    """As on Slurm with dask-jobqueue: a scheduler and a worker started on their own (`dask scheduler`,
+    `dask worker`), the audit only given the address."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "XAIExplain"), str(ROOT / "XAIRobustness")])}
+    address_file = tmp_path / "scheduler.json"
+    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                                   "--no-dashboard", "--scheduler-file", str(address_file)],
+                                  env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not address_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(address_file.read_text())["address"]
+        processes.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                           str(address_file), "--nthreads", "1", "--no-dashboard"],
+                                          env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with open(tmp_path / "two.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows([["image", "label"], [str(cohort / "case0.nii.gz"), 1],
+                                          [str(cohort / "case2.nii.gz"), 0]])
+        run = run_cli("audit", "--model", str(classifier_bundle), "--manifest", str(tmp_path / "two.csv"),
+                      "--out", str(tmp_path / "out"), "--scheduler", address, "--uncertainty", "none",
+                      "--no-stability", "--no-faithfulness", "--sanity-cases", "0")
+        assert run.returncode == 0, run.stderr
+        rows = _rows(tmp_path / "out")
+        assert sorted(r["case"] for r in rows) == ["case0", "case2"] and all(r["status"] == "ok" for r in rows)
+        worker_pids = {p.pid for p in psutil.Process(processes[1].pid).children(recursive=True)} | {processes[1].pid}
+        assert {r["worker_pid"] for r in rows} <= worker_pids  # the cluster's worker did the work, not the client
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)

@@ -1,7 +1,7 @@
 """Benchmark (not a test): ``slicer-xai audit`` throughput on Dask with 1 and 2 local workers, and its per-case
 overhead against running one ``slicer-xai explain`` per case, in the same run on the same cohort.
 
-    python Testing/benchmarks/bench_audit.py [--cases 16] [--seed 11]
+    python Testing/benchmarks/bench_audit.py [--cases 24] [--seed 11]
 
 The cohort is generated (``slicer-xai data synth --kind brain-mri``); every case gets the same work in both
 arms: the demo classifier's recommended explanation (Grad-CAM) with 8 TTA samples, no stability sweep,
@@ -58,7 +58,7 @@ def _busiest_worker_s(rows: list[dict]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=16)
+    parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
