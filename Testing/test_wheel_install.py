@@ -47,3 +47,14 @@ def test_wheel_carries_models_and_explains_the_sample_case(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
     assert result["prediction"]["predicted_label"] == "lesion"
+    # The audit's Dask workers are new processes: they too must find the engine in the installed tree only.
+    with open(tmp_path / "cohort.csv", "w", encoding="utf-8") as handle:
+        handle.write("image,mask,label\n")
+        for name, label in (("brain-lesion-case1", 1), ("brain-normal-case1", 0)):
+            handle.write(f"{case.parent / name}.nii.gz,{case.parent / name}_mask.nii.gz,{label}\n")
+    audited = cli("audit", "--model", "brain-lesion-classifier", "--manifest", str(tmp_path / "cohort.csv"),
+                  "--out", str(tmp_path / "audit"), "--workers", "2", "--uncertainty", "none", "--no-stability",
+                  "--no-faithfulness", "--sanity-cases", "0")
+    assert audited.returncode == 0, audited.stderr[-3000:]
+    assert "Audited 2 case(s): 2 measured, 0 failed" in audited.stdout
+    assert (tmp_path / "audit" / "audit-report.html").is_file()
