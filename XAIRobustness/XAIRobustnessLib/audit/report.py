@@ -149,12 +149,12 @@ _LABELS = {
     "stability_spearman": "Map stability under mild perturbations (Spearman)",
     "sanity_pass": "Randomisation check passed (sampled cases)",
 }
-_STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222}
+_STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;padding:0 24px;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
 th{background:#f3f3f3}.case{display:flex;gap:16px;border:1px solid #ddd;border-radius:6px;padding:10px;margin:10px 0}
-.case img{width:220px;background:#000;border-radius:4px}.reason{display:inline-block;background:#fde7c8;
+.case img{width:220px;flex:none;align-self:flex-start;background:#000;border-radius:4px}.reason{display:inline-block;background:#fde7c8;
 border-radius:10px;padding:1px 8px;margin:2px 4px 2px 0;font-size:12px}code{background:#f3f3f3;padding:2px 4px;
-display:block;white-space:pre-wrap;word-break:break-all;font-size:12px}.note{color:#666}"""
+display:block;white-space:pre-wrap;overflow-wrap:anywhere;font-size:12px}.note{color:#666}"""
 
 
 def write_audit_report(rows: Sequence[dict], settings: dict, out: str | os.PathLike) -> Path:
@@ -166,7 +166,7 @@ def write_audit_report(rows: Sequence[dict], settings: dict, out: str | os.PathL
              "<h1>Cohort audit</h1>",
              f"<p class='note'>Model <b>{_e(settings.get('model'))}</b>; {metrics['cases']} cases, "
              f"{metrics['measured']} measured, {metrics['failed']} failed. Research use only — not for clinical "
-             "use. Intervals are 95 %.</p>",
+             "use. Intervals are 95&nbsp;%.</p>",
              "<h2>Cohort metrics</h2>", _metrics_table(metrics, ("auc", "sensitivity", "specificity", "accuracy",
                                                                   "dice")),
              "<h2>Explanation validity</h2>", _validity_table(rows, metrics),
