@@ -69,7 +69,7 @@ def cases_from_folder(folder: str | os.PathLike) -> list[AuditCase]:
         cases.append(AuditCase(name, str(path), str(mask) if mask.is_file() else None, labels.get(name)))
     if not cases:
         raise XAIInputError(f"--cases {folder} holds no NIfTI, NRRD or MetaImage images.")
-    return _checked(cases, str(folder))
+    return _checked(cases)
 
 
 def cases_from_pacs(pacs: PacsSource, manifest: Optional[str | os.PathLike] = None) -> list[AuditCase]:
@@ -81,8 +81,10 @@ def cases_from_pacs(pacs: PacsSource, manifest: Optional[str | os.PathLike] = No
     if manifest is not None:
         client.studies(limit=1)
         return cases_from_manifest(manifest, pacs)
-    return _checked([AuditCase(study.study_uid, None, study_uid=study.study_uid, pacs=pacs)
-                     for study in client.all_studies(MAX_CASES)], f"the PACS at {client.url}")
+    studies = client.all_studies(MAX_CASES)
+    if not studies:
+        raise XAIInputError(f"The PACS at {client.url} holds no studies.")
+    return _checked([AuditCase(study.study_uid, None, study_uid=study.study_uid, pacs=pacs) for study in studies])
 
 
 def cases_from_manifest(manifest: str | os.PathLike, pacs: Optional[PacsSource] = None) -> list[AuditCase]:
@@ -116,7 +118,7 @@ def cases_from_manifest(manifest: str | os.PathLike, pacs: Optional[PacsSource] 
 
             study = check_uid(value, f"The study on {where}")
             cases.append(AuditCase((row.get("case") or "").strip() or study, None, mask, label, study, pacs))
-    return _checked(cases, str(manifest))
+    return _checked(cases)
 
 
 def _labels(path: Path) -> dict[str, int]:
@@ -135,9 +137,7 @@ def _label(value: Optional[str], where: str) -> Optional[int]:
         raise XAIInputError(f"The label {value[:20]!r} in {where} is not a class index.") from None
 
 
-def _checked(cases: list[AuditCase], where: str) -> list[AuditCase]:
-    if not cases:
-        raise XAIInputError(f"{where} holds no cases.")
+def _checked(cases: list[AuditCase]) -> list[AuditCase]:
     if len(cases) > MAX_CASES:
         raise XAIInputError(f"The cohort has {len(cases)} cases; split it into audits of at most {MAX_CASES}.")
     names = [case.name for case in cases]
