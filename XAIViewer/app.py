@@ -196,9 +196,7 @@ class XAIViewerApp:
         elif self._initial_study:
             self._open_study(self._initial_study, at=self._initial_point)
         elif self._initial_case:
-            self.load_path(self._initial_case, _mask_beside(self._initial_case))
-            if self._initial_point is not None:
-                self.session.jump_to(self._initial_point)
+            self.load_path(self._initial_case, _mask_beside(self._initial_case), self._initial_point)
         elif cases:
             with self.state:
                 self.state.case_name = next(iter(cases))
@@ -221,14 +219,11 @@ class XAIViewerApp:
         if entry.get("study"):
             self._open_study(entry["study"], entry["mask"], entry["at"])
             return
-        self.load_path(entry["image"], entry["mask"])
-        if entry["at"] and self.session.input_node is not None:
-            self.session.jump_to(entry["at"])
+        self.load_path(entry["image"], entry["mask"], entry["at"])
 
-    def load_path(self, path: str, mask: Optional[str] = None) -> None:
-        """Load a case (and outline its reference lesion mask when there is one)."""
-
-        self._guarded(lambda: self._show_case_with_reference(self.session.load_case(path), mask))
+    def load_path(self, path: str, mask: Optional[str] = None, at: Optional[tuple] = None) -> None:
+        """Load a case (and outline its reference lesion mask when there is one), at the point ``at``."""
+        self._guarded(lambda: self._show_case_with_reference(self.session.load_case(path), mask, at))
 
     def on_upload(self, upload: Any = None) -> None:
         """A file from the browser (trame sends name, size and content): read and checked in a worker
@@ -290,10 +285,8 @@ class XAIViewerApp:
         at the point ``at``)."""
 
         def show(case) -> None:
-            self._show_case_with_reference(self.session.show_dicom_case(case), mask)
+            self._show_case_with_reference(self.session.show_dicom_case(case), mask, at)
             self.state.from_pacs, self.state.pacs_case = True, f"{case.name} ({case.image.GetSize()[2]} slices)"
-            if at is not None:
-                self.session.jump_to(at)
 
         self._start(lambda _image, progress, cancel: open_pacs_study(self.pacs, study_uid), show, needs_case=False)
 
@@ -334,11 +327,13 @@ class XAIViewerApp:
             {"number": n, "label": f"Input {n}: {names[n - 1]}",
              "loaded": loaded[n][1] if n in loaded else ""} for n in range(2, min(len(names), MAX_INPUT_CHANNELS) + 1)]
 
-    def _show_case_with_reference(self, node: Any, mask: Optional[str]) -> None:
+    def _show_case_with_reference(self, node: Any, mask: Optional[str], at: Optional[tuple] = None) -> None:
         """Show a new case, outlining its reference lesion mask where it has one (the legend says so only
-        when the mask holds a lesion: a case without one has nothing to outline)."""
+        when the mask holds a lesion: a case without one has nothing to outline), at the point ``at``."""
         outlined = bool(mask) and self.session.show_reference(mask)
         self._show_case(node, has_reference=outlined)
+        if at is not None:
+            self.session.jump_to(at)
 
     def _show_case(self, node: Any, has_reference: bool = False) -> None:
         self.slicer.display_manager.show_volume(node, do_reset_views=True)
